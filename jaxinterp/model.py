@@ -1,0 +1,332 @@
+"""The transformer, top to bottom: norms, attention, MLP, block, model.
+
+Conventions (see `_typing.py` for the axis legend):
+* Modules process **one example**: `tokens` is `[pos]`; batch with `jax.vmap` at the call site.
+* Parameter names and layouts are TransformerLens's: `W_Q [head_index d_model d_head]`,
+  `W_O [head_index d_head d_model]`, `W_in [d_model d_mlp]`, `W_out [d_mlp d_model]`,
+  `W_U [d_model d_vocab]`; norms hold `w` and `b`. Every bias exists (zeros where the
+  checkpoint has none) so that weight processing (`process.py`) can fold into them.
+* Blocks are stacked: every array of `Transformer.blocks` has a leading `layer` axis, and the
+  forward scans over it, so compile time does not grow with depth.
+* Every activation passes through `taps(name, x)`, which applies edits and records captures
+  (see `taps.py`). With no taps requested it is the identity and costs nothing.
+* Precision: parameters keep their dtype; norms and softmax compute in float32 and cast back.
+"""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._typing import Array, Float, Int, PRNGKeyArray
+from .config import TransformerConfig
+from .taps import Taps, _View
+
+_ACT = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "silu": jax.nn.silu,
+    "relu": jax.nn.relu,
+}
+
+
+def _f32(x: Array) -> Array:
+    """Upcasts to float32 (float64 stays float64)."""
+    return x if x.dtype == jnp.float64 else x.astype(jnp.float32)
+
+
+class Norm(eqx.Module):
+    """LayerNorm (`kind="ln"`) or RMSNorm (`kind="rms"`, `b` stays zero)."""
+
+    w: Float[Array, " d_model"]
+    b: Float[Array, " d_model"]
+    kind: str = eqx.field(static=True)
+    eps: float = eqx.field(static=True)
+
+    def __call__(
+        self, x: Float[Array, "pos d_model"], taps: _View
+    ) -> Float[Array, "pos d_model"]:
+        h = _f32(x)
+        if self.kind == "ln":
+            h = h - h.mean(-1, keepdims=True)
+        scale = jnp.sqrt((h * h).mean(-1, keepdims=True) + self.eps)
+        if taps.wants("hook_scale"):
+            scale = _f32(taps("hook_scale", scale.astype(x.dtype)))
+        h = h / scale
+        if self.kind == "rms":
+            # HF casts the normalized value back before the weight multiply.
+            out = h.astype(x.dtype) * self.w[None]
+        else:
+            out = (h * _f32(self.w)[None] + _f32(self.b)[None]).astype(x.dtype)
+        return taps("hook_normalized", out)
+
+
+def _inv_freq(cfg: TransformerConfig) -> np.ndarray:
+    """Rotary inverse frequencies in float32, computed as HF does (incl. Llama-3 scaling)."""
+    dim = cfg.rotary_dim
+    exponent = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
+    inv = (np.float32(1.0) / np.float32(cfg.rotary_base) ** exponent).astype(np.float32)
+    s = cfg.rope_scaling
+    if s is not None:
+        low_wavelen = s.original_max_position / s.low_freq_factor
+        high_wavelen = s.original_max_position / s.high_freq_factor
+        wavelen = 2 * math.pi / inv
+        scaled = np.where(wavelen > low_wavelen, inv / s.factor, inv)
+        smooth = (s.original_max_position / wavelen - s.low_freq_factor) / (
+            s.high_freq_factor - s.low_freq_factor
+        )
+        smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        inv = np.where(medium, smoothed, scaled).astype(np.float32)
+    return inv
+
+
+def rotate(
+    x: Float[Array, "pos n d_head"],
+    positions: Int[Array, " pos"],
+    cfg: TransformerConfig,
+) -> Float[Array, "pos n d_head"]:
+    """Applies rotary embeddings to the first `rotary_dim` dims of every head."""
+    r = cfg.rotary_dim
+    angles = positions.astype(jnp.float32)[:, None] * jnp.asarray(_inv_freq(cfg))[None]
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    rot, rest = x[..., :r], x[..., r:]
+    if cfg.rotary_interleaved:  # GPT-J: pairs (0,1), (2,3), ...
+        cos, sin = jnp.repeat(cos, 2, axis=-1), jnp.repeat(sin, 2, axis=-1)
+        turned = jnp.stack([-rot[..., 1::2], rot[..., 0::2]], axis=-1).reshape(
+            rot.shape
+        )
+    else:  # NeoX / Llama: the two halves of the rotary dims
+        cos, sin = jnp.concatenate([cos, cos], -1), jnp.concatenate([sin, sin], -1)
+        half = r // 2
+        turned = jnp.concatenate([-rot[..., half:], rot[..., :half]], axis=-1)
+    out = rot * cos[:, None].astype(x.dtype) + turned * sin[:, None].astype(x.dtype)
+    return jnp.concatenate([out, rest], axis=-1)
+
+
+class Attention(eqx.Module):
+    """Causal multi-head attention with MHA/MQA/GQA (query head h reads kv head h // g)."""
+
+    W_Q: Float[Array, "head_index d_model d_head"]
+    W_K: Float[Array, "kv_head_index d_model d_head"]
+    W_V: Float[Array, "kv_head_index d_model d_head"]
+    W_O: Float[Array, "head_index d_head d_model"]
+    b_Q: Float[Array, "head_index d_head"]
+    b_K: Float[Array, "kv_head_index d_head"]
+    b_V: Float[Array, "kv_head_index d_head"]
+    b_O: Float[Array, " d_model"]
+    cfg: TransformerConfig = eqx.field(static=True)
+
+    def __call__(
+        self, x: Float[Array, "pos d_model"], taps: _View
+    ) -> Float[Array, "pos d_model"]:
+        cfg = self.cfg
+        n_pos = x.shape[0]
+        q = taps("hook_q", jnp.einsum("pm,hmd->phd", x, self.W_Q) + self.b_Q[None])
+        k = taps("hook_k", jnp.einsum("pm,hmd->phd", x, self.W_K) + self.b_K[None])
+        v = taps("hook_v", jnp.einsum("pm,hmd->phd", x, self.W_V) + self.b_V[None])
+        if cfg.positional == "rotary":
+            positions = jnp.arange(n_pos)
+            q = taps("hook_rot_q", rotate(q, positions, cfg))
+            k = taps("hook_rot_k", rotate(k, positions, cfg))
+        g = cfg.n_query_per_kv
+        q = q.reshape(n_pos, cfg.n_kv_heads, g, cfg.d_head)
+        scores = jnp.einsum("qkgd,Kkd->kgqK", q, k).reshape(cfg.n_heads, n_pos, n_pos)
+        scores = scores / math.sqrt(cfg.d_head)
+        causal = jnp.tril(jnp.ones((n_pos, n_pos), jnp.bool_))
+        scores = taps("hook_attn_scores", jnp.where(causal[None], scores, -jnp.inf))
+        pattern = jax.nn.softmax(_f32(scores), axis=-1).astype(x.dtype)
+        pattern = taps("hook_pattern", pattern)
+        grouped = pattern.reshape(cfg.n_kv_heads, g, n_pos, n_pos)
+        z = jnp.einsum("kgqK,Kkd->qkgd", grouped, v).reshape(
+            n_pos, cfg.n_heads, cfg.d_head
+        )
+        z = taps("hook_z", z)
+        if taps.wants("hook_result"):
+            result = taps("hook_result", jnp.einsum("phd,hdm->phm", z, self.W_O))
+            return result.sum(1) + self.b_O[None]
+        return jnp.einsum("phd,hdm->pm", z, self.W_O) + self.b_O[None]
+
+
+class MLP(eqx.Module):
+    """`act(x W_in + b_in) W_out + b_out`, or gated `(act(x W_gate) * x W_in + b_in) W_out`."""
+
+    W_in: Float[Array, "d_model d_mlp"]
+    b_in: Float[Array, " d_mlp"]
+    W_out: Float[Array, "d_mlp d_model"]
+    b_out: Float[Array, " d_model"]
+    W_gate: Float[Array, "d_model d_mlp"] | None
+    act_fn: str = eqx.field(static=True)
+
+    def __call__(
+        self, x: Float[Array, "pos d_model"], taps: _View
+    ) -> Float[Array, "pos d_model"]:
+        act = _ACT[self.act_fn]
+        if self.W_gate is not None:
+            pre = taps("hook_pre", x @ self.W_gate)
+            pre_linear = taps("hook_pre_linear", x @ self.W_in)
+            post = taps("hook_post", act(pre) * pre_linear + self.b_in[None])
+        else:
+            pre = taps("hook_pre", x @ self.W_in + self.b_in[None])
+            post = taps("hook_post", act(pre))
+        return post @ self.W_out + self.b_out[None]
+
+
+class Block(eqx.Module):
+    """Pre-norm block, serial (`x + attn`, then `+ mlp`) or parallel (`x + attn + mlp`)."""
+
+    ln1: Norm
+    attn: Attention
+    ln2: Norm
+    mlp: MLP
+    parallel_residual: bool = eqx.field(static=True)
+
+    def __call__(
+        self, x: Float[Array, "pos d_model"], taps: _View
+    ) -> Float[Array, "pos d_model"]:
+        x = taps("hook_resid_pre", x)
+        attn_in = self.ln1(x, taps.scope("ln1"))
+        attn_out = taps("hook_attn_out", self.attn(attn_in, taps.scope("attn")))
+        if self.parallel_residual:
+            mlp_in = self.ln2(x, taps.scope("ln2"))
+            mlp_out = taps("hook_mlp_out", self.mlp(mlp_in, taps.scope("mlp")))
+            return taps("hook_resid_post", x + attn_out + mlp_out)
+        x = taps("hook_resid_mid", x + attn_out)
+        mlp_out = taps(
+            "hook_mlp_out", self.mlp(self.ln2(x, taps.scope("ln2")), taps.scope("mlp"))
+        )
+        return taps("hook_resid_post", x + mlp_out)
+
+
+class Embed(eqx.Module):
+    W_E: Float[Array, "d_vocab d_model"]
+
+
+class PosEmbed(eqx.Module):
+    W_pos: Float[Array, "n_ctx d_model"]
+
+
+class Unembed(eqx.Module):
+    W_U: Float[Array, "d_model d_vocab"]
+    b_U: Float[Array, " d_vocab"]
+
+
+class Transformer(eqx.Module):
+    """A decoder-only transformer whose activations are TransformerLens-named taps.
+
+    Attributes:
+        embed, pos_embed (None for rotary models), blocks (stacked over `layer`), ln_final,
+        unembed: parameters, named and laid out as in TransformerLens.
+        cfg: the architecture.
+    """
+
+    embed: Embed
+    pos_embed: PosEmbed | None
+    blocks: Block
+    ln_final: Norm
+    unembed: Unembed
+    cfg: TransformerConfig = eqx.field(static=True)
+
+    def __call__(
+        self, tokens: Int[Array, " pos"], taps: Taps | None = None
+    ) -> Float[Array, "pos d_vocab"]:
+        """Logits for every position of one token sequence.
+
+        Arguments:
+            tokens: token ids, `[pos]`.
+            taps: a recorder built inside the traced function (see `kernels.run`); None runs
+                the plain forward.
+
+        Returns:
+            Logits `[pos, d_vocab]`.
+        """
+        cfg = self.cfg
+        taps = Taps(cfg) if taps is None else taps
+        n_pos = tokens.shape[0]
+        if cfg.positional == "learned" and n_pos > cfg.n_ctx:
+            raise ValueError(f"sequence of {n_pos} tokens exceeds n_ctx={cfg.n_ctx}")
+        tokens = eqx.error_if(
+            tokens, (tokens < 0) | (tokens >= cfg.d_vocab), "token id out of vocabulary"
+        )
+        x = taps("hook_embed", self.embed.W_E[tokens])
+        if self.pos_embed is not None:
+            x = x + taps("hook_pos_embed", self.pos_embed.W_pos[:n_pos])
+
+        plan = taps.layers(n_pos, x.dtype)
+        params, static = eqx.partition(self.blocks, eqx.is_array)
+
+        def body(carry, xs):
+            x, buffers = carry
+            block_params, layer, stacked_edits = xs
+            block_taps = plan.enter(layer, stacked_edits, buffers)
+            x = eqx.combine(block_params, static)(x, block_taps)
+            return (x, block_taps.buffers), None
+
+        xs = (params, jnp.arange(cfg.n_layers), plan.stacked_edits)
+        (x, buffers), _ = jax.lax.scan(body, (x, plan.buffers), xs)
+        plan.finish(buffers)
+        x = self.ln_final(x, taps.scope("ln_final"))
+        return x @ self.unembed.W_U + self.unembed.b_U[None]
+
+
+def init_transformer(
+    cfg: TransformerConfig, key: PRNGKeyArray, *, dtype=jnp.float32, std: float = 0.02
+) -> Transformer:
+    """A randomly initialised model (GPT-2 style: N(0, std), output projections scaled by
+    `1/sqrt(2 n_layers)`, zero biases, unit norm weights).
+
+    Use `eqx.filter_eval_shape(init_transformer, cfg, key)` for an abstract skeleton that a
+    converter fills without allocating random weights.
+    """
+    d, h, kv, dh, f = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_mlp
+    out_std = std / math.sqrt(2 * cfg.n_layers)
+
+    def normal(key, shape, s=std):
+        return (s * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+
+    def zeros(*shape):
+        return jnp.zeros(shape, dtype)
+
+    def norm():
+        return Norm(jnp.ones((d,), dtype), zeros(d), kind=cfg.norm, eps=cfg.eps)
+
+    def block(key):
+        kq, kk, kv_, ko, ki, kg, kout = jax.random.split(key, 7)
+        attn = Attention(
+            W_Q=normal(kq, (h, d, dh)),
+            W_K=normal(kk, (kv, d, dh)),
+            W_V=normal(kv_, (kv, d, dh)),
+            W_O=normal(ko, (h, dh, d), out_std),
+            b_Q=zeros(h, dh),
+            b_K=zeros(kv, dh),
+            b_V=zeros(kv, dh),
+            b_O=zeros(d),
+            cfg=cfg,
+        )
+        mlp = MLP(
+            W_in=normal(ki, (d, f)),
+            b_in=zeros(f),
+            W_out=normal(kout, (f, d), out_std),
+            b_out=zeros(d),
+            W_gate=normal(kg, (d, f)) if cfg.gated_mlp else None,
+            act_fn=cfg.act_fn,
+        )
+        return Block(norm(), attn, norm(), mlp, parallel_residual=cfg.parallel_residual)
+
+    k_embed, k_pos, k_blocks, k_unembed = jax.random.split(key, 4)
+    W_E = normal(k_embed, (cfg.d_vocab, d))
+    return Transformer(
+        embed=Embed(W_E),
+        pos_embed=PosEmbed(normal(k_pos, (cfg.n_ctx, d), 0.01))
+        if cfg.positional == "learned"
+        else None,
+        blocks=eqx.filter_vmap(block)(jax.random.split(k_blocks, cfg.n_layers)),
+        ln_final=norm(),
+        unembed=Unembed(
+            W_E.T if cfg.tied_embeddings else normal(k_unembed, (d, cfg.d_vocab)),
+            zeros(cfg.d_vocab),
+        ),
+        cfg=cfg,
+    )

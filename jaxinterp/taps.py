@@ -1,0 +1,367 @@
+"""Tap names, their shapes, and the recorder that captures and edits them in a forward.
+
+Names are exactly TransformerLens's hook names (`blocks.3.mlp.hook_post`), and each tap's
+unbatched shape is TransformerLens's shape without the leading `batch`:
+
+| tap                                   | dims                             | exists for            |
+|---------------------------------------|----------------------------------|-----------------------|
+| hook_embed                            | pos d_model                      | all                   |
+| hook_pos_embed                        | pos d_model                      | learned positions     |
+| blocks.{l}.hook_resid_pre             | pos d_model                      | all                   |
+| blocks.{l}.ln1.hook_scale / ln2       | pos 1                            | all                   |
+| blocks.{l}.ln1.hook_normalized / ln2  | pos d_model                      | all                   |
+| blocks.{l}.attn.hook_q                | pos head_index d_head            | all (pre-rotary)      |
+| blocks.{l}.attn.hook_k / hook_v       | pos kv_head_index d_head         | all (pre-rotary)      |
+| blocks.{l}.attn.hook_rot_q            | pos head_index d_head            | rotary                |
+| blocks.{l}.attn.hook_rot_k            | pos kv_head_index d_head         | rotary                |
+| blocks.{l}.attn.hook_attn_scores      | head_index query_pos key_pos     | all (scaled, masked)  |
+| blocks.{l}.attn.hook_pattern          | head_index query_pos key_pos     | all                   |
+| blocks.{l}.attn.hook_z                | pos head_index d_head            | all                   |
+| blocks.{l}.attn.hook_result           | pos head_index d_model           | all (on demand)       |
+| blocks.{l}.hook_attn_out              | pos d_model                      | all                   |
+| blocks.{l}.hook_resid_mid             | pos d_model                      | serial residual       |
+| blocks.{l}.mlp.hook_pre               | pos d_mlp                        | all (gate for gated)  |
+| blocks.{l}.mlp.hook_pre_linear        | pos d_mlp                        | gated MLP             |
+| blocks.{l}.mlp.hook_post              | pos d_mlp                        | all                   |
+| blocks.{l}.hook_mlp_out               | pos d_model                      | all                   |
+| blocks.{l}.hook_resid_post            | pos d_model                      | all                   |
+| ln_final.hook_scale / hook_normalized | pos 1 / pos d_model              | all                   |
+
+How capture works under `lax.scan` over layers: a block tap requested for layers `(l1, l2)`
+gets a buffer `[2, *shape]` carried through the scan; at layer `l` the block writes its value
+into that buffer's slot for `l` (a one-slot dynamic update, no copy of the buffer), so memory
+is proportional to the number of captured layers, not to depth. Edits keyed by one layer apply
+where the traced layer index equals it; stacked edits (`blocks.*.<suffix>`) are sliced by the
+scan. The recorder lives only inside the traced function and never escapes it.
+"""
+
+import difflib
+from collections.abc import Mapping
+from typing import Literal, get_args
+
+import jax
+import jax.numpy as jnp
+
+from ._typing import Array
+from .config import TransformerConfig
+from .edits import AbstractEdit
+
+BlockTap = Literal[
+    "hook_resid_pre",
+    "ln1.hook_scale",
+    "ln1.hook_normalized",
+    "attn.hook_q",
+    "attn.hook_k",
+    "attn.hook_v",
+    "attn.hook_rot_q",
+    "attn.hook_rot_k",
+    "attn.hook_attn_scores",
+    "attn.hook_pattern",
+    "attn.hook_z",
+    "attn.hook_result",
+    "hook_attn_out",
+    "hook_resid_mid",
+    "ln2.hook_scale",
+    "ln2.hook_normalized",
+    "mlp.hook_pre",
+    "mlp.hook_pre_linear",
+    "mlp.hook_post",
+    "hook_mlp_out",
+    "hook_resid_post",
+]
+TopTap = Literal[
+    "hook_embed", "hook_pos_embed", "ln_final.hook_scale", "ln_final.hook_normalized"
+]
+
+_PD = ("pos", "d_model")
+_QHEADS = ("pos", "head_index", "d_head")
+_KVHEADS = ("pos", "kv_head_index", "d_head")
+_GRID = ("head_index", "query_pos", "key_pos")
+
+# suffix -> (dims, which models have it: None = all)
+BLOCK_TAPS: dict[str, tuple[tuple[str, ...], str | None]] = {
+    "hook_resid_pre": (_PD, None),
+    "ln1.hook_scale": (("pos", "1"), None),
+    "ln1.hook_normalized": (_PD, None),
+    "attn.hook_q": (_QHEADS, None),
+    "attn.hook_k": (_KVHEADS, None),
+    "attn.hook_v": (_KVHEADS, None),
+    "attn.hook_rot_q": (_QHEADS, "rotary"),
+    "attn.hook_rot_k": (_KVHEADS, "rotary"),
+    "attn.hook_attn_scores": (_GRID, None),
+    "attn.hook_pattern": (_GRID, None),
+    "attn.hook_z": (_QHEADS, None),
+    "attn.hook_result": (("pos", "head_index", "d_model"), None),
+    "hook_attn_out": (_PD, None),
+    "hook_resid_mid": (_PD, "serial"),
+    "ln2.hook_scale": (("pos", "1"), None),
+    "ln2.hook_normalized": (_PD, None),
+    "mlp.hook_pre": (("pos", "d_mlp"), None),
+    "mlp.hook_pre_linear": (("pos", "d_mlp"), "gated"),
+    "mlp.hook_post": (("pos", "d_mlp"), None),
+    "hook_mlp_out": (_PD, None),
+    "hook_resid_post": (_PD, None),
+}
+TOP_TAPS: dict[str, tuple[tuple[str, ...], str | None]] = {
+    "hook_embed": (_PD, None),
+    "hook_pos_embed": (_PD, "learned"),
+    "ln_final.hook_scale": (("pos", "1"), None),
+    "ln_final.hook_normalized": (_PD, None),
+}
+assert set(BLOCK_TAPS) == set(get_args(BlockTap))
+assert set(TOP_TAPS) == set(get_args(TopTap))
+
+
+def tap_name(suffix: BlockTap | TopTap, layer: int | None = None) -> str:
+    """`tap_name("mlp.hook_post", layer=3) -> "blocks.3.mlp.hook_post"`."""
+    if layer is None:
+        if suffix not in TOP_TAPS:
+            raise ValueError(f"{suffix!r} is a block tap: pass layer=")
+        return suffix
+    if suffix not in BLOCK_TAPS:
+        raise ValueError(f"{suffix!r} is not a block tap; known: {sorted(BLOCK_TAPS)}")
+    return f"blocks.{layer}.{suffix}"
+
+
+def all_layers(suffix: BlockTap, n_layers: int) -> tuple[str, ...]:
+    """The names of one block tap in every layer, in layer order."""
+    return tuple(tap_name(suffix, layer) for layer in range(n_layers))
+
+
+def every_layer(suffix: BlockTap) -> str:
+    """Key of a stacked edit: one edit whose arrays have a leading `layer` axis."""
+    tap_name(suffix, 0)
+    return f"blocks.*.{suffix}"
+
+
+def _exists(requirement: str | None, cfg: TransformerConfig) -> bool:
+    return {
+        None: True,
+        "rotary": cfg.positional == "rotary",
+        "learned": cfg.positional == "learned",
+        "serial": not cfg.parallel_residual,
+        "gated": cfg.gated_mlp,
+    }[requirement]
+
+
+def available_taps(cfg: TransformerConfig) -> tuple[str, ...]:
+    """Every tap name that exists for this architecture."""
+    top = [n for n, (_, req) in TOP_TAPS.items() if _exists(req, cfg)]
+    block = [s for s, (_, req) in BLOCK_TAPS.items() if _exists(req, cfg)]
+    return (
+        tuple(n for n in top if not n.startswith("ln_final"))
+        + tuple(f"blocks.{l}.{s}" for l in range(cfg.n_layers) for s in block)
+        + tuple(n for n in top if n.startswith("ln_final"))
+    )
+
+
+def parse(name: str, cfg: TransformerConfig) -> tuple[int | str | None, str]:
+    """Splits a tap name into (layer, suffix); layer is None for top-level taps and "*"
+    for stacked edit keys. Raises ValueError naming close matches for unknown names."""
+    if name in TOP_TAPS and _exists(TOP_TAPS[name][1], cfg):
+        return None, name
+    parts = name.split(".", 2)
+    if len(parts) == 3 and parts[0] == "blocks":
+        _, layer, suffix = parts
+        if suffix in BLOCK_TAPS and _exists(BLOCK_TAPS[suffix][1], cfg):
+            if layer == "*":
+                return "*", suffix
+            if layer.isdigit() and int(layer) < cfg.n_layers:
+                return int(layer), suffix
+            if layer.isdigit():
+                raise ValueError(
+                    f"tap {name!r}: layer {layer} out of range for a model with "
+                    f"{cfg.n_layers} layers"
+                )
+    close = difflib.get_close_matches(name, available_taps(cfg), n=4, cutoff=0.6)
+    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise ValueError(f"unknown tap name {name!r} for this model{hint}")
+
+
+def tap_dims(name: str, cfg: TransformerConfig) -> tuple[str, ...]:
+    layer, suffix = parse(name, cfg)
+    return (TOP_TAPS if layer is None else BLOCK_TAPS)[suffix][0]
+
+
+def tap_shape(name: str, cfg: TransformerConfig, n_pos: int) -> tuple[int, ...]:
+    """Unbatched shape of a tap for a sequence of `n_pos` tokens."""
+    sizes = {
+        "pos": n_pos,
+        "query_pos": n_pos,
+        "key_pos": n_pos,
+        "d_model": cfg.d_model,
+        "head_index": cfg.n_heads,
+        "kv_head_index": cfg.n_kv_heads,
+        "d_head": cfg.d_head,
+        "d_mlp": cfg.d_mlp,
+        "1": 1,
+    }
+    return tuple(sizes[d] for d in tap_dims(name, cfg))
+
+
+class _View:
+    """A scope of a recorder: `view("hook_z", z)` visits `<prefix>hook_z`."""
+
+    def __init__(self, root, prefix: str):
+        self._root = root
+        self._prefix = prefix
+
+    def __call__(self, name: str, x: Array) -> Array:
+        """Applies the edits registered for this tap, records it if captured, returns it."""
+        return self._root.visit(self._prefix + name, x)
+
+    def scope(self, sub: str) -> "_View":
+        return _View(self._root, f"{self._prefix}{sub}.")
+
+    def wants(self, name: str) -> bool:
+        """Whether this tap is captured or edited (for taps computed only on demand)."""
+        return self._root.wants(self._prefix + name)
+
+
+class Taps(_View):
+    """Root recorder for one (unbatched) forward trace.
+
+    Arguments:
+        cfg: the model's config (to validate names).
+        capture: TL names to record.
+        edits: TL name (or `blocks.*.<suffix>` stacked key) -> edit.
+    """
+
+    def __init__(
+        self,
+        cfg: TransformerConfig,
+        capture: frozenset[str] = frozenset(),
+        edits: Mapping[str, AbstractEdit] | None = None,
+    ):
+        super().__init__(self, "")
+        self.cfg = cfg
+        self.records: dict[str, Array] = {}
+        self._top_capture: set[str] = set()
+        self._top_edits: dict[str, AbstractEdit] = {}
+        self.block_capture: dict[str, list[int]] = {}
+        self.block_edits: dict[str, list[tuple[int, AbstractEdit]]] = {}
+        self.stacked_edits: dict[str, AbstractEdit] = {}
+        for name in capture:
+            layer, suffix = parse(name, cfg)
+            if layer == "*":
+                raise ValueError(f"capture takes per-layer names, not {name!r}")
+            if layer is None:
+                self._top_capture.add(name)
+            else:
+                self.block_capture.setdefault(suffix, []).append(layer)
+        for name, edit in (edits or {}).items():
+            if not isinstance(edit, AbstractEdit):
+                raise TypeError(f"edit for {name!r} is not an AbstractEdit: {edit!r}")
+            layer, suffix = parse(name, cfg)
+            if layer is None:
+                self._top_edits[name] = edit
+            elif layer == "*":
+                self.stacked_edits[suffix] = edit
+            else:
+                self.block_edits.setdefault(suffix, []).append((layer, edit))
+        for layers in self.block_capture.values():
+            layers.sort()
+
+    def visit(self, name: str, x: Array) -> Array:
+        if name in self._top_edits:
+            x = _apply(self._top_edits[name], x, name)
+        if name in self._top_capture:
+            self.records[name] = x
+        return x
+
+    def wants(self, name: str) -> bool:
+        return name in self._top_capture or name in self._top_edits
+
+    def layers(self, n_pos: int, dtype) -> "LayerPlan":
+        """The plan for the scan over blocks: capture buffers and stacked edits."""
+        return LayerPlan(self, n_pos, dtype)
+
+
+def _apply(edit: AbstractEdit, x: Array, name: str) -> Array:
+    try:
+        y = edit.apply(x)
+    except ValueError as e:
+        raise ValueError(f"edit for tap {name!r}: {e}") from None
+    if y.shape != x.shape or y.dtype != x.dtype:
+        raise ValueError(
+            f"edit for tap {name!r} returned {y.shape} {y.dtype}, expected "
+            f"{x.shape} {x.dtype}"
+        )
+    return y
+
+
+class LayerPlan:
+    """Capture buffers and edits for `lax.scan` over the stacked blocks."""
+
+    def __init__(self, root: Taps, n_pos: int, dtype):
+        self.root = root
+        cfg = root.cfg
+        self.buffers = {
+            suffix: jnp.zeros(
+                (len(layers), *tap_shape(f"blocks.0.{suffix}", cfg, n_pos)), dtype
+            )
+            for suffix, layers in root.block_capture.items()
+        }
+        # slot of each layer in the capture buffer, -1 where not captured
+        self.slots = {}
+        for suffix, layers in root.block_capture.items():
+            slots = [-1] * cfg.n_layers
+            for i, layer in enumerate(layers):
+                slots[layer] = i
+            self.slots[suffix] = jnp.asarray(slots, jnp.int32)
+        for suffix, edit in root.stacked_edits.items():
+            for leaf in jax.tree_util.tree_leaves(edit):
+                if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] != cfg.n_layers:
+                    raise ValueError(
+                        f"stacked edit 'blocks.*.{suffix}' needs a leading layer axis "
+                        f"of size {cfg.n_layers}; got an array of shape {jnp.shape(leaf)}"
+                    )
+        self.stacked_edits = dict(root.stacked_edits)
+
+    def enter(self, layer: Array, stacked_edits: dict, buffers: dict) -> "LayerTaps":
+        """A recorder for one block, given the traced layer index and scan slices."""
+        return LayerTaps(self, layer, stacked_edits, dict(buffers))
+
+    def finish(self, buffers: dict[str, Array]) -> None:
+        """Splits the filled buffers into per-layer TL-named records."""
+        for suffix, layers in self.root.block_capture.items():
+            for i, layer in enumerate(layers):
+                self.root.records[f"blocks.{layer}.{suffix}"] = buffers[suffix][i]
+
+
+class LayerTaps(_View):
+    """Recorder for one block inside the scan; `buffers` holds the updated captures."""
+
+    def __init__(self, plan: LayerPlan, layer: Array, stacked_edits: dict, buffers):
+        super().__init__(self, "")
+        self.plan = plan
+        self.layer = layer
+        self.stacked_edits = stacked_edits
+        self.buffers = buffers
+
+    def wants(self, suffix: str) -> bool:
+        root = self.plan.root
+        return (
+            suffix in root.block_capture
+            or suffix in root.block_edits
+            or suffix in root.stacked_edits
+        )
+
+    def visit(self, suffix: str, x: Array) -> Array:
+        root = self.plan.root
+        for layer, edit in root.block_edits.get(suffix, ()):
+            x = jnp.where(
+                self.layer == layer, _apply(edit, x, f"blocks.{layer}.{suffix}"), x
+            )
+        if suffix in self.stacked_edits:
+            x = _apply(self.stacked_edits[suffix], x, f"blocks.*.{suffix}")
+        if suffix in self.buffers:
+            slot = self.plan.slots[suffix][self.layer]
+            buf = self.buffers[suffix]
+            safe = jnp.maximum(slot, 0)
+            keep = jax.lax.dynamic_index_in_dim(buf, safe, keepdims=False)
+            new = jnp.where(slot >= 0, x.astype(buf.dtype), keep)
+            self.buffers[suffix] = jax.lax.dynamic_update_index_in_dim(
+                buf, new, safe, 0
+            )
+        return x
