@@ -120,26 +120,41 @@ class Attention(eqx.Module):
     cfg: TransformerConfig = eqx.field(static=True)
 
     def __call__(
-        self, x: Float[Array, "pos d_model"], taps: _View
+        self,
+        x: Float[Array, "pos d_model"],
+        taps: _View,
+        past: tuple[Array, Array] | None = None,
     ) -> Float[Array, "pos d_model"]:
+        """Attention of `x`'s positions over `past` keys/values (if any) and themselves.
+
+        `past` holds the keys (rotated, as `hook_rot_k`; `hook_k` for learned positions) and
+        values (`hook_v`) of the `n_past` earlier positions, each `[n_past, kv_head_index,
+        d_head]`; then positions are offset by `n_past` and the score/pattern taps are
+        `[head_index, pos, n_past + pos]`.
+        """
         cfg = self.cfg
         n_pos = x.shape[0]
+        n_past = 0 if past is None else past[0].shape[0]
         q = taps("hook_q", jnp.einsum("pm,hmd->phd", x, self.W_Q) + self.b_Q[None])
         k = taps("hook_k", jnp.einsum("pm,hmd->phd", x, self.W_K) + self.b_K[None])
         v = taps("hook_v", jnp.einsum("pm,hmd->phd", x, self.W_V) + self.b_V[None])
         if cfg.positional == "rotary":
-            positions = jnp.arange(n_pos)
+            positions = n_past + jnp.arange(n_pos)
             q = taps("hook_rot_q", rotate(q, positions, cfg))
             k = taps("hook_rot_k", rotate(k, positions, cfg))
+        if past is not None:
+            k = jnp.concatenate([past[0].astype(k.dtype), k])
+            v = jnp.concatenate([past[1].astype(v.dtype), v])
+        n_key = n_past + n_pos
         g = cfg.n_query_per_kv
         q = q.reshape(n_pos, cfg.n_kv_heads, g, cfg.d_head)
-        scores = jnp.einsum("qkgd,Kkd->kgqK", q, k).reshape(cfg.n_heads, n_pos, n_pos)
+        scores = jnp.einsum("qkgd,Kkd->kgqK", q, k).reshape(cfg.n_heads, n_pos, n_key)
         scores = scores / math.sqrt(cfg.d_head)
-        causal = jnp.tril(jnp.ones((n_pos, n_pos), jnp.bool_))
+        causal = jnp.arange(n_key)[None, :] <= n_past + jnp.arange(n_pos)[:, None]
         scores = taps("hook_attn_scores", jnp.where(causal[None], scores, -jnp.inf))
         pattern = jax.nn.softmax(_f32(scores), axis=-1).astype(x.dtype)
         pattern = taps("hook_pattern", pattern)
-        grouped = pattern.reshape(cfg.n_kv_heads, g, n_pos, n_pos)
+        grouped = pattern.reshape(cfg.n_kv_heads, g, n_pos, n_key)
         z = jnp.einsum("kgqK,Kkd->qkgd", grouped, v).reshape(
             n_pos, cfg.n_heads, cfg.d_head
         )
@@ -184,11 +199,14 @@ class Block(eqx.Module):
     parallel_residual: bool = eqx.field(static=True)
 
     def __call__(
-        self, x: Float[Array, "pos d_model"], taps: _View
+        self,
+        x: Float[Array, "pos d_model"],
+        taps: _View,
+        past: tuple[Array, Array] | None = None,
     ) -> Float[Array, "pos d_model"]:
         x = taps("hook_resid_pre", x)
         attn_in = self.ln1(x, taps.scope("ln1"))
-        attn_out = taps("hook_attn_out", self.attn(attn_in, taps.scope("attn")))
+        attn_out = taps("hook_attn_out", self.attn(attn_in, taps.scope("attn"), past))
         if self.parallel_residual:
             mlp_in = self.ln2(x, taps.scope("ln2"))
             mlp_out = taps("hook_mlp_out", self.mlp(mlp_in, taps.scope("mlp")))
@@ -230,7 +248,10 @@ class Transformer(eqx.Module):
     cfg: TransformerConfig = eqx.field(static=True)
 
     def __call__(
-        self, tokens: Int[Array, " pos"], taps: Taps | None = None
+        self,
+        tokens: Int[Array, " pos"],
+        taps: Taps | None = None,
+        past_kv: tuple[Array, Array] | None = None,
     ) -> Float[Array, "pos d_vocab"]:
         """Logits for every position of one token sequence.
 
@@ -238,33 +259,43 @@ class Transformer(eqx.Module):
             tokens: token ids, `[pos]`.
             taps: a recorder built inside the traced function (see `kernels.run`); None runs
                 the plain forward.
+            past_kv: optional cache of an earlier prefix: keys and values, each
+                `[layer, n_past, kv_head_index, d_head]`, as captured from the prefix's
+                `attn.hook_rot_k` (`attn.hook_k` for learned positions) and `attn.hook_v`
+                (see `kernels.run.kv_cache`). `tokens` then continue that prefix.
 
         Returns:
             Logits `[pos, d_vocab]`.
         """
         cfg = self.cfg
-        taps = Taps(cfg) if taps is None else taps
         n_pos = tokens.shape[0]
-        if cfg.positional == "learned" and n_pos > cfg.n_ctx:
-            raise ValueError(f"sequence of {n_pos} tokens exceeds n_ctx={cfg.n_ctx}")
+        n_past = 0 if past_kv is None else past_kv[0].shape[1]
+        taps = Taps(cfg) if taps is None else taps
+        if cfg.positional == "learned" and n_past + n_pos > cfg.n_ctx:
+            raise ValueError(
+                f"sequence of {n_past + n_pos} tokens exceeds n_ctx={cfg.n_ctx}"
+            )
         tokens = eqx.error_if(
             tokens, (tokens < 0) | (tokens >= cfg.d_vocab), "token id out of vocabulary"
         )
         x = taps("hook_embed", self.embed.W_E[tokens])
         if self.pos_embed is not None:
-            x = x + taps("hook_pos_embed", self.pos_embed.W_pos[:n_pos])
+            pos_embed = jax.lax.dynamic_slice_in_dim(
+                self.pos_embed.W_pos, n_past, n_pos
+            )
+            x = x + taps("hook_pos_embed", pos_embed)
 
-        plan = taps.layers(n_pos, x.dtype)
+        plan = taps.layers(n_pos, x.dtype, n_past)
         params, static = eqx.partition(self.blocks, eqx.is_array)
 
         def body(carry, xs):
             x, buffers = carry
-            block_params, layer, stacked_edits = xs
+            block_params, layer, stacked_edits, past = xs
             block_taps = plan.enter(layer, stacked_edits, buffers)
-            x = eqx.combine(block_params, static)(x, block_taps)
+            x = eqx.combine(block_params, static)(x, block_taps, past)
             return (x, block_taps.buffers), None
 
-        xs = (params, jnp.arange(cfg.n_layers), plan.stacked_edits)
+        xs = (params, jnp.arange(cfg.n_layers), plan.stacked_edits, past_kv)
         (x, buffers), _ = jax.lax.scan(body, (x, plan.buffers), xs)
         plan.finish(buffers)
         x = self.ln_final(x, taps.scope("ln_final"))

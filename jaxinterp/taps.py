@@ -183,12 +183,14 @@ def tap_dims(name: str, cfg: TransformerConfig) -> tuple[str, ...]:
     return (TOP_TAPS if layer is None else BLOCK_TAPS)[suffix][0]
 
 
-def tap_shape(name: str, cfg: TransformerConfig, n_pos: int) -> tuple[int, ...]:
-    """Unbatched shape of a tap for a sequence of `n_pos` tokens."""
+def tap_shape(
+    name: str, cfg: TransformerConfig, n_pos: int, n_past: int = 0
+) -> tuple[int, ...]:
+    """Unbatched shape of a tap for `n_pos` tokens (continuing `n_past` cached ones)."""
     sizes = {
         "pos": n_pos,
         "query_pos": n_pos,
-        "key_pos": n_pos,
+        "key_pos": n_past + n_pos,
         "d_model": cfg.d_model,
         "head_index": cfg.n_heads,
         "kv_head_index": cfg.n_kv_heads,
@@ -272,9 +274,9 @@ class Taps(_View):
     def wants(self, name: str) -> bool:
         return name in self._top_capture or name in self._top_edits
 
-    def layers(self, n_pos: int, dtype) -> "LayerPlan":
+    def layers(self, n_pos: int, dtype, n_past: int = 0) -> "LayerPlan":
         """The plan for the scan over blocks: capture buffers and stacked edits."""
-        return LayerPlan(self, n_pos, dtype)
+        return LayerPlan(self, n_pos, dtype, n_past)
 
 
 def _apply(edit: AbstractEdit, x: Array, name: str) -> Array:
@@ -293,12 +295,13 @@ def _apply(edit: AbstractEdit, x: Array, name: str) -> Array:
 class LayerPlan:
     """Capture buffers and edits for `lax.scan` over the stacked blocks."""
 
-    def __init__(self, root: Taps, n_pos: int, dtype):
+    def __init__(self, root: Taps, n_pos: int, dtype, n_past: int = 0):
         self.root = root
         cfg = root.cfg
         self.buffers = {
             suffix: jnp.zeros(
-                (len(layers), *tap_shape(f"blocks.0.{suffix}", cfg, n_pos)), dtype
+                (len(layers), *tap_shape(f"blocks.0.{suffix}", cfg, n_pos, n_past)),
+                dtype,
             )
             for suffix, layers in root.block_capture.items()
         }

@@ -1,4 +1,6 @@
 """Jitted, vmapped kernels over the model: forward with taps, sweeps, patching, metrics."""
 
 from .run import forward as forward
+from .run import kv_cache as kv_cache
 from .run import run as run
+from .run import stack_kv as stack_kv

@@ -1,4 +1,4 @@
-"""`run`: the single jitted forward with capture and edits.
+"""`run`: the single jitted forward with capture and edits, and KV-cache helpers.
 
 One compile per (model structure, token shape, capture set, edit structure): `capture` is a
 static frozenset and the edits dict's keys and classes are its treedef, while edit arrays are
@@ -13,33 +13,63 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._typing import Array, ArrayLike
+from ..config import TransformerConfig
 from ..edits import AbstractEdit
 from ..model import Transformer
 from ..taps import Taps
 
-__all__ = ["run", "forward"]
+__all__ = ["run", "forward", "kv_cache", "kv_names", "stack_kv", "check_tokens"]
 
 
 @eqx.debug.assert_max_traces(max_traces=None)
 def forward(
     model: Transformer,
     tokens: Array,
-    capture: frozenset[str],
-    edits: Mapping[str, AbstractEdit] | None,
+    capture: frozenset[str] = frozenset(),
+    edits: Mapping[str, AbstractEdit] | None = None,
+    past_kv: tuple[Array, Array] | None = None,
 ) -> tuple[Array, dict[str, Array]]:
-    """Unjitted, unbatched forward returning `(logits, records)`; the building block that
-    kernels vmap, grad and jit themselves."""
+    """Unjitted, unbatched forward returning `(logits, records)`: the building block that
+    kernels vmap, grad and jit themselves. `past_kv` continues a cached prefix."""
     taps = Taps(model.cfg, capture, edits)
-    logits = model(tokens, taps)
+    logits = model(tokens, taps, past_kv)
     return logits, taps.records
 
 
+def kv_names(cfg: TransformerConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Tap names whose values form the KV cache: rotated keys (plain keys for learned
+    positions) and values, for every layer."""
+    k = "attn.hook_rot_k" if cfg.positional == "rotary" else "attn.hook_k"
+    layers = range(cfg.n_layers)
+    return (
+        tuple(f"blocks.{l}.{k}" for l in layers),
+        tuple(f"blocks.{l}.attn.hook_v" for l in layers),
+    )
+
+
+def stack_kv(cfg: TransformerConfig, cache: Mapping[str, Array]) -> tuple[Array, Array]:
+    """`(K, V)`, each `[layer, (batch,) pos, kv_head_index, d_head]`, from captured taps."""
+    k_names, v_names = kv_names(cfg)
+    return jnp.stack([cache[n] for n in k_names]), jnp.stack(
+        [cache[n] for n in v_names]
+    )
+
+
+def kv_cache(model: Transformer, tokens: Array) -> tuple[Array, tuple[Array, Array]]:
+    """Unbatched prefix forward: `(logits, past_kv)` to continue with `forward(...,
+    past_kv=past_kv)` or `run(..., past_kv=past_kv)`."""
+    k_names, v_names = kv_names(model.cfg)
+    logits, cache = forward(model, tokens, frozenset(k_names + v_names))
+    return logits, stack_kv(model.cfg, cache)
+
+
 @eqx.filter_jit
-def _run(model, tokens, capture, edits):
+def _run(model, tokens, capture, edits, past_kv):
     if tokens.ndim == 1:
-        return forward(model, tokens, capture, edits)
-    return jax.vmap(forward, in_axes=(None, 0, None, None))(
-        model, tokens, capture, edits
+        return forward(model, tokens, capture, edits, past_kv)
+    kv_axis = None if past_kv is None or past_kv[0].ndim == 4 else 1
+    return jax.vmap(forward, in_axes=(None, 0, None, None, kv_axis))(
+        model, tokens, capture, edits, past_kv
     )
 
 
@@ -63,6 +93,7 @@ def run(
     *,
     capture: Iterable[str] = (),
     edits: Mapping[str, AbstractEdit] | None = None,
+    past_kv: tuple[Array, Array] | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """Runs the model, capturing and editing taps.
 
@@ -73,6 +104,9 @@ def run(
         capture: TL tap names to record (`blocks.3.mlp.hook_post`, ...).
         edits: TL tap name -> edit; a `blocks.*.<suffix>` key takes a stacked edit with a
             leading layer axis (see `jaxinterp.edits`).
+        past_kv: optional cached prefix `(K, V)`, each `[layer, (batch,) n_past,
+            kv_head_index, d_head]` (from `kv_cache` / `stack_kv`); a cache without the batch
+            axis is shared by every sequence of the batch.
 
     Returns:
         `(logits, cache)`: logits `[(batch,) pos, d_vocab]` and a plain dict from each
@@ -87,4 +121,4 @@ def run(
     if isinstance(capture, str):
         raise TypeError("capture takes a collection of names, not a single string")
     edits = dict(edits) if edits is not None else None
-    return _run(model, tokens, frozenset(capture), edits)
+    return _run(model, tokens, frozenset(capture), edits, past_kv)
