@@ -94,6 +94,10 @@ class TransformerConfig:
             raise ValueError(f"unknown norm {self.norm!r}")
         if self.positional not in ("learned", "rotary"):
             raise ValueError(f"unknown positional {self.positional!r}")
+        if self.positional == "learned" and (
+            self.rotary_dim or self.rotary_interleaved
+        ):
+            raise ValueError("rotary settings given for a model with learned positions")
         if self.positional == "rotary":
             if not 0 < self.rotary_dim <= self.d_head or self.rotary_dim % 2:
                 raise ValueError(

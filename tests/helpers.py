@@ -22,6 +22,8 @@ def tiny_config(**overrides) -> TransformerConfig:
         rotary_dim=16,
         gated_mlp=True,
     )
+    if overrides.get("positional") == "learned":
+        base["rotary_dim"] = 0
     base.update(overrides)
     return TransformerConfig(**base)
 
@@ -39,7 +41,11 @@ def randomize_hf(model, seed: int = 0):
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=g, dtype=torch.float32)
-            if p.ndim == 1 and ("norm" in name or "ln" in name) and name.endswith("weight"):
+            if (
+                p.ndim == 1
+                and ("norm" in name or "ln" in name)
+                and name.endswith("weight")
+            ):
                 p.copy_(1 + 0.2 * noise)
             elif p.ndim == 1:
                 p.copy_(0.2 * noise)

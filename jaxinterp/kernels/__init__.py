@@ -2,5 +2,4 @@
 
 from .run import forward as forward
 from .run import kv_cache as kv_cache
-from .run import run as run
 from .run import stack_kv as stack_kv
