@@ -124,17 +124,20 @@ class Attention(eqx.Module):
         x: Float[Array, "pos d_model"],
         taps: _View,
         past: tuple[Array, Array] | None = None,
+        past_len: Int[Array, ""] | None = None,
     ) -> Float[Array, "pos d_model"]:
         """Attention of `x`'s positions over `past` keys/values (if any) and themselves.
 
         `past` holds the keys (rotated, as `hook_rot_k`; `hook_k` for learned positions) and
-        values (`hook_v`) of the `n_past` earlier positions, each `[n_past, kv_head_index,
-        d_head]`; then positions are offset by `n_past` and the score/pattern taps are
-        `[head_index, pos, n_past + pos]`.
+        values (`hook_v`) of `n_slots` earlier positions, each `[n_slots, kv_head_index,
+        d_head]`; the score/pattern taps are then `[head_index, pos, n_slots + pos]`. Only
+        the first `past_len` slots are valid when `past_len` is given (a preallocated decode
+        cache); positions of `x` start at `past_len` (default: `n_slots`).
         """
         cfg = self.cfg
         n_pos = x.shape[0]
-        n_past = 0 if past is None else past[0].shape[0]
+        n_slots = 0 if past is None else past[0].shape[0]
+        n_past = n_slots if past_len is None else past_len
         q = taps("hook_q", jnp.einsum("pm,hmd->phd", x, self.W_Q) + self.b_Q[None])
         k = taps("hook_k", jnp.einsum("pm,hmd->phd", x, self.W_K) + self.b_K[None])
         v = taps("hook_v", jnp.einsum("pm,hmd->phd", x, self.W_V) + self.b_V[None])
@@ -145,12 +148,13 @@ class Attention(eqx.Module):
         if past is not None:
             k = jnp.concatenate([past[0].astype(k.dtype), k])
             v = jnp.concatenate([past[1].astype(v.dtype), v])
-        n_key = n_past + n_pos
+        n_key = n_slots + n_pos
         g = cfg.n_query_per_kv
         q = q.reshape(n_pos, cfg.n_kv_heads, g, cfg.d_head)
         scores = jnp.einsum("qkgd,Kkd->kgqK", q, k).reshape(cfg.n_heads, n_pos, n_key)
         scores = scores / math.sqrt(cfg.d_head)
-        causal = jnp.arange(n_key)[None, :] <= n_past + jnp.arange(n_pos)[:, None]
+        key, query = jnp.arange(n_key)[None, :], jnp.arange(n_pos)[:, None]
+        causal = jnp.where(key < n_slots, key < n_past, key - n_slots <= query)
         scores = taps("hook_attn_scores", jnp.where(causal[None], scores, -jnp.inf))
         pattern = jax.nn.softmax(_f32(scores), axis=-1).astype(x.dtype)
         pattern = taps("hook_pattern", pattern)
@@ -203,10 +207,12 @@ class Block(eqx.Module):
         x: Float[Array, "pos d_model"],
         taps: _View,
         past: tuple[Array, Array] | None = None,
+        past_len: Int[Array, ""] | None = None,
     ) -> Float[Array, "pos d_model"]:
         x = taps("hook_resid_pre", x)
         attn_in = self.ln1(x, taps.scope("ln1"))
-        attn_out = taps("hook_attn_out", self.attn(attn_in, taps.scope("attn"), past))
+        attn = self.attn(attn_in, taps.scope("attn"), past, past_len)
+        attn_out = taps("hook_attn_out", attn)
         if self.parallel_residual:
             mlp_in = self.ln2(x, taps.scope("ln2"))
             mlp_out = taps("hook_mlp_out", self.mlp(mlp_in, taps.scope("mlp")))
@@ -252,6 +258,7 @@ class Transformer(eqx.Module):
         tokens: Int[Array, " pos"],
         taps: Taps | None = None,
         past_kv: tuple[Array, Array] | None = None,
+        past_len: Int[Array, ""] | None = None,
     ) -> Float[Array, "pos d_vocab"]:
         """Logits for every position of one token sequence.
 
@@ -263,17 +270,20 @@ class Transformer(eqx.Module):
                 `[layer, n_past, kv_head_index, d_head]`, as captured from the prefix's
                 `attn.hook_rot_k` (`attn.hook_k` for learned positions) and `attn.hook_v`
                 (see `kernels.run.kv_cache`). `tokens` then continue that prefix.
+            past_len: with a preallocated `past_kv`, the number of valid cache slots (a
+                traced scalar, so one compiled decode step serves every length).
 
         Returns:
             Logits `[pos, d_vocab]`.
         """
         cfg = self.cfg
         n_pos = tokens.shape[0]
-        n_past = 0 if past_kv is None else past_kv[0].shape[1]
+        n_slots = 0 if past_kv is None else past_kv[0].shape[1]
+        n_past = n_slots if past_len is None else past_len
         taps = Taps(cfg) if taps is None else taps
-        if cfg.positional == "learned" and n_past + n_pos > cfg.n_ctx:
+        if cfg.positional == "learned" and n_slots + n_pos > cfg.n_ctx:
             raise ValueError(
-                f"sequence of {n_past + n_pos} tokens exceeds n_ctx={cfg.n_ctx}"
+                f"sequence of {n_slots + n_pos} tokens exceeds n_ctx={cfg.n_ctx}"
             )
         tokens = eqx.error_if(
             tokens, (tokens < 0) | (tokens >= cfg.d_vocab), "token id out of vocabulary"
@@ -285,14 +295,14 @@ class Transformer(eqx.Module):
             )
             x = x + taps("hook_pos_embed", pos_embed)
 
-        plan = taps.layers(n_pos, x.dtype, n_past)
+        plan = taps.layers(n_pos, x.dtype, n_slots)
         params, static = eqx.partition(self.blocks, eqx.is_array)
 
         def body(carry, xs):
             x, buffers = carry
             block_params, layer, stacked_edits, past = xs
             block_taps = plan.enter(layer, stacked_edits, buffers)
-            x = eqx.combine(block_params, static)(x, block_taps, past)
+            x = eqx.combine(block_params, static)(x, block_taps, past, past_len)
             return (x, block_taps.buffers), None
 
         xs = (params, jnp.arange(cfg.n_layers), plan.stacked_edits, past_kv)

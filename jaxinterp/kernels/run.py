@@ -28,11 +28,13 @@ def forward(
     capture: frozenset[str] = frozenset(),
     edits: Mapping[str, AbstractEdit] | None = None,
     past_kv: tuple[Array, Array] | None = None,
+    past_len: Array | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """Unjitted, unbatched forward returning `(logits, records)`: the building block that
-    kernels vmap, grad and jit themselves. `past_kv` continues a cached prefix."""
+    kernels vmap, grad and jit themselves. `past_kv` continues a cached prefix (`past_len`
+    valid slots of a preallocated cache, see `Transformer.__call__`)."""
     taps = Taps(model.cfg, capture, edits)
-    logits = model(tokens, taps, past_kv)
+    logits = model(tokens, taps, past_kv, past_len)
     return logits, taps.records
 
 
