@@ -34,6 +34,6 @@ def test_greedy_equals_naive_decoding(cfg):
 def test_greedy_rejects_bad_input():
     model = ji.init_transformer(tiny_config(), jax.random.key(1))
     with pytest.raises(ValueError, match="out of vocabulary"):
-        greedy(model, [1, 2, 500], 3)
+        greedy(model, np.array([1, 2, 500]), 3)
     with pytest.raises(ValueError, match="at least 1"):
-        greedy(model, [1, 2], 0)
+        greedy(model, np.array([1, 2]), 0)
