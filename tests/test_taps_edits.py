@@ -206,3 +206,23 @@ def test_batched_run_equals_per_example_runs(model):
             )
             < 1e-6
         )
+
+
+def test_cache_analyses_reconstruct_the_residual_stream(model):
+    cfg = model.cfg
+    names = set(ji.cache.decompose_resid_names(cfg, 2)) | {"blocks.1.hook_resid_post"}
+    names |= set(ji.cache.accumulated_resid_names(cfg.n_layers))
+    names |= {
+        "blocks.1.attn.hook_z",
+        "blocks.1.attn.hook_result",
+        "ln_final.hook_normalized",
+    }
+    logits, cache = ji.run(model, TOKENS, capture=names)
+    parts = ji.cache.decompose_resid(cache, cfg, 2)
+    assert max_abs(parts.sum(0), cache["blocks.1.hook_resid_post"]) < 1e-4
+    acc = ji.cache.accumulated_resid(cache, cfg.n_layers)
+    assert acc.shape == (cfg.n_layers + 1, 7, cfg.d_model)
+    results = ji.cache.head_results(model, cache, 1)
+    assert max_abs(results, cache["blocks.1.attn.hook_result"]) < 1e-4
+    normed = ji.cache.apply_ln_final(model, acc[-1])
+    assert max_abs(normed, cache["ln_final.hook_normalized"]) < 1e-5
