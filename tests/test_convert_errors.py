@@ -155,3 +155,20 @@ def test_export_refuses_parameters_the_format_cannot_hold(tmp_path):
     )
     with pytest.raises(converters.ConversionError, match="b_in is nonzero"):
         converters.save_pretrained(model, tmp_path, architecture="LlamaForCausalLM")
+
+
+@pytest.mark.hf
+def test_pytorch_bin_is_read_with_weights_only(gpt2_dir):
+    torch = pytest.importorskip("torch")
+    tensors = read_safetensors(gpt2_dir / "model.safetensors")
+    state = {k: torch.tensor(np.array(v)) for k, v in tensors.items()}
+    torch.save(state, gpt2_dir / "pytorch_model.bin")
+    (gpt2_dir / "model.safetensors").unlink()
+    model = converters.from_pretrained(gpt2_dir)
+    np.testing.assert_array_equal(
+        np.asarray(model.embed.W_E), np.asarray(tensors["transformer.wte.weight"])
+    )
+    # a pickle that is not plain tensors is refused by weights_only loading
+    torch.save({"x": object()}, gpt2_dir / "pytorch_model.bin")
+    with pytest.raises(Exception, match="(?i)weights_only|unsupported|global"):
+        converters.from_pretrained(gpt2_dir)
