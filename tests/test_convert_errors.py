@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import equinox as eqx
 import jax
 import numpy as np
 import pytest
@@ -150,9 +151,7 @@ def test_sharded_checkpoint_loads_like_a_single_file(gpt2_dir, tmp_path):
 
 def test_export_refuses_parameters_the_format_cannot_hold(tmp_path):
     model = ji.process.fold_ln(ji.init_transformer(tiny_config(), jax.random.key(0)))
-    model = ji.process.eqx.tree_at(
-        lambda m: m.blocks.mlp.b_in, model, model.blocks.mlp.b_in + 1
-    )
+    model = eqx.tree_at(lambda m: m.blocks.mlp.b_in, model, model.blocks.mlp.b_in + 1)
     with pytest.raises(converters.ConversionError, match="b_in is nonzero"):
         converters.save_pretrained(model, tmp_path, architecture="LlamaForCausalLM")
 

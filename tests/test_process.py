@@ -1,6 +1,7 @@
 """TransformerLens weight processing: logits preserved (up to center_unembed's per-position
 constant), and identical to TransformerLens's own processed weights when it is installed."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,7 +30,7 @@ def _randomized(cfg, seed=0):
         out.append(leaf + noise if leaf.ndim <= 3 else leaf)
     model = jax.tree_util.tree_unflatten(treedef, out)
     if cfg.norm == "rms":  # RMSNorm has no bias
-        model = ji.process.eqx.tree_at(
+        model = eqx.tree_at(
             lambda m: (m.blocks.ln1.b, m.blocks.ln2.b, m.ln_final.b),
             model,
             (
@@ -92,12 +93,13 @@ def test_mlp_post_and_z_are_unchanged_by_processing():
 
 
 def _tl_config(cfg):
+    import torch
     from transformer_lens import HookedTransformerConfig
 
     kw = dict(
         d_model=cfg.d_model, d_head=cfg.d_head, n_heads=cfg.n_heads, d_mlp=cfg.d_mlp,
         d_vocab=cfg.d_vocab, n_ctx=cfg.n_ctx, n_layers=cfg.n_layers, act_fn=cfg.act_fn,
-        eps=cfg.eps, device="cpu", dtype=__import__("torch").float32,
+        eps=cfg.eps, device="cpu", dtype=torch.float32,
     )  # fmt: skip
     if cfg.norm == "ln":
         kw.update(normalization_type="LN", positional_embedding_type="standard")
@@ -137,7 +139,7 @@ def _tl_state_dict(model):
 @pytest.mark.filterwarnings("ignore:HookedTransformer is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("cfg", [LN, RMS], ids=["ln", "rms"])
 def test_tl_default_matches_transformer_lens(cfg):
-    pytest.importorskip("torch")
+    torch = pytest.importorskip("torch")
     tl = pytest.importorskip("transformer_lens")
     model = _randomized(cfg)
     hooked = tl.HookedTransformer(_tl_config(cfg))
@@ -156,9 +158,7 @@ def test_tl_default_matches_transformer_lens(cfg):
             assert max_abs(ours[key].numpy(), value.numpy()) < 1e-5, key
             compared += 1
     assert compared >= 10 * cfg.n_layers
-    with __import__("torch").no_grad():
-        tl_logits = hooked(__import__("torch").tensor(np.asarray(TOKENS))[None])[
-            0
-        ].numpy()
+    with torch.no_grad():
+        tl_logits = hooked(torch.tensor(np.asarray(TOKENS))[None])[0].numpy()
     ours_logits, _ = ji.run(process.tl_default(model), TOKENS)
     assert max_abs(ours_logits, tl_logits) < 1e-4
