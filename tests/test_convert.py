@@ -343,5 +343,5 @@ def test_bf16_checkpoint_keeps_dtype(tmp_path):
     m32 = converters.from_pretrained(tmp_path, dtype=jnp.float32)
     assert m32.embed.W_E.dtype == jnp.float32
     np.testing.assert_array_equal(
-        np.asarray(m32.embed.W_E), hf_model.model.embed_tokens.weight.float().numpy()
+        np.asarray(m32.embed.W_E), hf_model.model.embed_tokens.weight.detach().float().numpy()
     )
