@@ -165,6 +165,18 @@ MODELS: dict[str, ModelEntry] = {
                 size=491_400_064,
             ),
         ),
+        ModelEntry(
+            name="arith-neox",
+            kind="hf",
+            description=(
+                "In-house GPT-NeoX (4 layers, d_model 128, 1.05M parameters) trained on the "
+                "paper's arithmetic prompts 'a op b =' with every number 0..999 one token "
+                "(experiments/arith_model). The default subject of the arithmetic pipeline."
+            ),
+            install="ships with the repository",
+            license="Apache-2.0 (this project's own weights)",
+            source=RepoDir("experiments/arith_model/arith-neox"),
+        ),
     ]
 }
 

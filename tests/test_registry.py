@@ -254,3 +254,9 @@ def test_real_smollm2_is_located_and_verified(cache):
     assert (
         record[2] == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
     )
+
+
+def test_arith_neox_ships_with_the_repository():
+    kind, path = registry.resolve("arith-neox")
+    assert kind == "hf" and (path / "config.json").exists()
+    assert registry.is_installed("arith-neox")
