@@ -85,3 +85,7 @@ def save_pretrained(
     tmp = d / "config.json.tmp"
     tmp.write_text(json.dumps(hf, indent=2) + "\n")
     os.replace(tmp, d / "config.json")
+
+
+from .loading import load as load  # noqa: E402  (loading.py uses the functions above)
+from .loading import load_tokenizer as load_tokenizer  # noqa: E402
