@@ -334,7 +334,9 @@ def test_export_round_trip_is_lossless(converted, tmp_path):
 
 def test_bf16_checkpoint_keeps_dtype(tmp_path):
     config = _variants()["llama-gqa"]
-    hf_model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    hf_model = transformers.AutoModelForCausalLM.from_config(
+        config, dtype=torch.bfloat16
+    )
     hf_model.save_pretrained(tmp_path)
     m16 = converters.from_pretrained(tmp_path)
     assert m16.embed.W_E.dtype == jnp.bfloat16
@@ -343,5 +345,6 @@ def test_bf16_checkpoint_keeps_dtype(tmp_path):
     m32 = converters.from_pretrained(tmp_path, dtype=jnp.float32)
     assert m32.embed.W_E.dtype == jnp.float32
     np.testing.assert_array_equal(
-        np.asarray(m32.embed.W_E), hf_model.model.embed_tokens.weight.detach().float().numpy()
+        np.asarray(m32.embed.W_E),
+        hf_model.model.embed_tokens.weight.detach().float().numpy(),
     )

@@ -15,7 +15,13 @@ from .helpers import tiny_config
     "cfg",
     [
         tiny_config(),
-        tiny_config(positional="learned", norm="ln", act_fn="gelu", gated_mlp=False, n_kv_heads=4),
+        tiny_config(
+            positional="learned",
+            norm="ln",
+            act_fn="gelu",
+            gated_mlp=False,
+            n_kv_heads=4,
+        ),
     ],
     ids=["rotary-gqa", "learned"],
 )
@@ -28,7 +34,9 @@ def test_greedy_equals_naive_decoding(cfg):
         seq.append(int(jnp.argmax(logits[-1])))
     np.testing.assert_array_equal(greedy(model, prompt, 8), seq[4:])
     stop = seq[6]
-    assert list(greedy(model, prompt, 8, stop_ids=[stop])) == seq[4 : seq.index(stop, 4)]
+    assert (
+        list(greedy(model, prompt, 8, stop_ids=[stop])) == seq[4 : seq.index(stop, 4)]
+    )
 
 
 def test_greedy_rejects_bad_input():

@@ -4,13 +4,22 @@ whole sweep is one compile), progress bars, and stacked-tap naming."""
 from collections.abc import Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
 from ..config import TransformerConfig
 from ..taps import tap_shape
 
-__all__ = ["chunks", "pad_rows", "stacked_names", "tail_shape", "progress"]
+__all__ = [
+    "chunks",
+    "pad_rows",
+    "head_rows",
+    "padded_slice",
+    "stacked_names",
+    "tail_shape",
+    "progress",
+]
 
 
 def chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
@@ -28,6 +37,18 @@ def pad_rows(x, size: int):
         return a if n == size else a[np.minimum(np.arange(size), n - 1)]
 
     return jax.tree.map(pad, x)
+
+
+def head_rows(tree, n: int, axis: int = 0):
+    """The first `n` entries along `axis` of every leaf (drops padded rows)."""
+    return jax.tree.map(
+        lambda a: jax.lax.slice_in_dim(a, 0, n, axis=axis % a.ndim), tree
+    )
+
+
+def padded_slice(tree, start: int, stop: int, size: int):
+    """Rows `[start, stop)` of every leaf, padded to `size` rows, as device arrays."""
+    return jax.tree.map(lambda a: jnp.asarray(pad_rows(a[start:stop], size)), tree)
 
 
 def stacked_names(suffix: str, layers) -> tuple[str, ...]:

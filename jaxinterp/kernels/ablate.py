@@ -30,7 +30,7 @@ from .._typing import Array, ArrayLike, Bool, Float, Int
 from ..edits import Replace
 from ..model import Transformer
 from ..taps import every_layer
-from ._stream import chunks, pad_rows, progress, tail_shape
+from ._stream import chunks, head_rows, pad_rows, padded_slice, progress, tail_shape
 from .layers import embed, forward_layers, unembed
 from .run import check_tokens, kv_names
 
@@ -39,7 +39,7 @@ __all__ = ["ablation_sweep", "unit_mask", "first_edited"]
 Positions = Literal["last", "all"] | Bool[ArrayLike, " pos"]
 
 
-def unit_mask(mask: Bool[Array, "layer *unit"], tail: tuple[int, ...]) -> Array:
+def unit_mask(mask: Bool[Array, " layer *unit"], tail: tuple[int, ...]) -> Array:
     """Reshapes a `[layer, *unit]` mask to broadcast against a stacked tap
     `[layer, pos, *tail]`: `[layer, 1, *unit, 1, ...]`."""
     unit = mask.shape[1:]
@@ -182,11 +182,11 @@ def ablation_sweep(
             masks,
             chunk_vals,
             pos_mask,
-            jax.tree.map(lambda a: jnp.asarray(pad_rows(a[sl], batch_size)), margs),
+            padded_slice(margs, start, stop, batch_size),
             tap,
             L,
             p0,
             metric,
         )
-        outs.append(jax.tree.map(lambda a: a[:, : stop - start], out))
+        outs.append(head_rows(out, stop - start, axis=1))
     return jax.tree.map(lambda *a: jnp.concatenate(a, axis=1), *outs)

@@ -22,7 +22,15 @@ from .._typing import Array, ArrayLike, Float, Int
 from ..edits import Add
 from ..model import Transformer
 from ..taps import every_layer
-from ._stream import chunks, pad_rows, progress, stacked_names, tail_shape
+from ._stream import (
+    chunks,
+    head_rows,
+    pad_rows,
+    padded_slice,
+    progress,
+    stacked_names,
+    tail_shape,
+)
 from .layers import embed, forward_layers, unembed
 from .patch import _check_pair, _stacked, patch_cells
 
@@ -102,11 +110,11 @@ def attribution_patching(
             model,
             jnp.asarray(pad_rows(base[sl], batch_size)),
             jnp.asarray(pad_rows(source[sl], batch_size)),
-            jax.tree.map(lambda a: jnp.asarray(pad_rows(a[sl], batch_size)), margs),
+            padded_slice(margs, start, stop, batch_size),
             suffixes,
             metric,
         )
-        outs.append(jax.tree.map(lambda a: a[: stop - start], out))
+        outs.append(head_rows(out, stop - start))
     return jax.tree.map(lambda *a: jnp.concatenate(a), *outs)
 
 

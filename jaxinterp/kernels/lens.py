@@ -101,7 +101,8 @@ def _dla(model, tokens, directions, pos):
             attn_bias=blocks.attn.b_O @ v,
             neurons=post * (blocks.mlp.W_out @ v),
             mlp_bias=blocks.mlp.b_out @ v,
-            constant=ln.b @ u + model.unembed.b_U @ direction,
+            constant=(ln.b @ u if ln.kind == "ln" else 0.0)
+            + model.unembed.b_U @ direction,
         )
 
     return jax.vmap(one)(tokens, directions)

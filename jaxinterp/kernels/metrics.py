@@ -16,7 +16,7 @@ Names and formulas follow the paper's `metrics.py` (paper-spec §3, §4):
 import jax
 import jax.numpy as jnp
 
-from .._typing import Array, Float, Int
+from .._typing import ArrayLike, Float, Int
 
 __all__ = [
     "target_logit",
@@ -32,45 +32,42 @@ __all__ = [
     "logit_and_argmax",
 ]
 
-Logits = Float[Array, " d_vocab"]
-Scalar = Float[Array, ""]
+Logits = Float[ArrayLike, " d_vocab"]
+Scalar = Float[ArrayLike, ""]
+Token = Int[ArrayLike, ""]
 
 
-def target_logit(logits: Logits, target: Int[Array, ""]) -> Scalar:
+def target_logit(logits: Logits, target: Token) -> Scalar:
     """`logits[target]`."""
     return logits[target]
 
 
-def logit_diff(
-    logits: Logits, correct: Int[Array, ""], wrong: Int[Array, ""]
-) -> Scalar:
+def logit_diff(logits: Logits, correct: Token, wrong: Token) -> Scalar:
     """`logits[correct] - logits[wrong]`."""
     return logits[correct] - logits[wrong]
 
 
-def target_prob(logits: Logits, target: Int[Array, ""]) -> Scalar:
+def target_prob(logits: Logits, target: Token) -> Scalar:
     """Softmax probability of `target`."""
     return jax.nn.softmax(logits)[target]
 
 
-def log_prob(logits: Logits, target: Int[Array, ""]) -> Scalar:
+def log_prob(logits: Logits, target: Token) -> Scalar:
     """Log-softmax of `target`."""
     return jax.nn.log_softmax(logits)[target]
 
 
-def argmax(logits: Logits) -> Int[Array, ""]:
+def argmax(logits: Logits) -> Token:
     """The predicted token."""
     return jnp.argmax(logits)
 
 
-def accuracy(logits: Logits, target: Int[Array, ""]) -> Scalar:
+def accuracy(logits: Logits, target: Token) -> Scalar:
     """1.0 where the argmax is `target`, else 0.0 (mean it over prompts)."""
     return (jnp.argmax(logits) == target).astype(logits.dtype)
 
 
-def normalized_logit(
-    logits: Logits, target: Int[Array, ""], center: bool = False
-) -> Scalar:
+def normalized_logit(logits: Logits, target: Token, center: bool = False) -> Scalar:
     """`logit[target] / max logit` (paper §4), optionally on vocabulary-centred logits."""
     if center:
         logits = logits - logits.mean()
@@ -83,7 +80,7 @@ def kl_div(logits: Logits, ref_logits: Logits) -> Scalar:
     return jnp.sum(jnp.exp(ref) * (ref - jax.nn.log_softmax(logits)))
 
 
-def _ie(clean: Array, patched: Array, r: Array, r_prime: Array) -> Scalar:
+def _ie(clean: Logits, patched: Logits, r: Token, r_prime: Token) -> Scalar:
     return 0.5 * (
         (patched[r_prime] - clean[r_prime]) / clean[r_prime]
         + (clean[r] - patched[r]) / patched[r]
@@ -93,8 +90,8 @@ def _ie(clean: Array, patched: Array, r: Array, r_prime: Array) -> Scalar:
 def indirect_effect(
     logits: Logits,
     clean_logits: Logits,
-    r: Int[Array, ""],
-    r_prime: Int[Array, ""],
+    r: Token,
+    r_prime: Token,
 ) -> Scalar:
     """Paper Eq. 1 on probabilities: `logits` is the patched run, `clean_logits` the clean
     run, `r` the clean answer and `r_prime` the corrupt answer."""
@@ -104,15 +101,13 @@ def indirect_effect(
 def indirect_effect_logits(
     logits: Logits,
     clean_logits: Logits,
-    r: Int[Array, ""],
-    r_prime: Int[Array, ""],
+    r: Token,
+    r_prime: Token,
 ) -> Scalar:
     """Eq. 1 applied to raw logits (the notebooks' 'IE-Logits' variant)."""
     return _ie(clean_logits, logits, r, r_prime)
 
 
-def logit_and_argmax(
-    logits: Logits, target: Int[Array, ""]
-) -> tuple[Scalar, Int[Array, ""]]:
+def logit_and_argmax(logits: Logits, target: Token) -> tuple[Scalar, Token]:
     """`(logits[target], argmax)`: target logit and prediction from one run."""
     return logits[target], jnp.argmax(logits)

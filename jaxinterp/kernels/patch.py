@@ -25,11 +25,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._typing import Array, ArrayLike, Bool, Int
+from .._typing import ArrayLike, Bool, Int
 from ..edits import Replace
 from ..model import Transformer
 from ..taps import every_layer
-from ._stream import chunks, pad_rows, progress, stacked_names, tail_shape
+from ._stream import (
+    chunks,
+    head_rows,
+    pad_rows,
+    padded_slice,
+    progress,
+    stacked_names,
+    tail_shape,
+)
 from .ablate import unit_mask
 from .layers import embed, forward_layers, unembed
 from .run import check_tokens, kv_names
@@ -93,7 +101,7 @@ def _patch_chunk(model, base, source, margs, tap, per_head, positions, groups, m
                 pos_hot = np.arange(base.shape[0] - p) == 0
 
                 def per_cell(lh, uh, x=x, kv=kv, s=s, p=p, pos_hot=pos_hot):
-                    unit = lh[:, None] & uh[None, :] if per_head else lh[:, None]
+                    unit = lh[:, None] & uh[None, :] if per_head else lh
                     where = unit_mask(unit, tail) & pos_hot.reshape(
                         1, -1, *(1,) * len(tail)
                     )
@@ -173,14 +181,14 @@ def activation_patching(
             model,
             jnp.asarray(pad_rows(base[sl], batch_size)),
             jnp.asarray(pad_rows(source[sl], batch_size)),
-            jax.tree.map(lambda a: jnp.asarray(pad_rows(a[sl], batch_size)), margs),
+            padded_slice(margs, start, stop, batch_size),
             tap,
             per_head,
             positions,
             groups,
             metric,
         )
-        outs.append(jax.tree.map(lambda a: a[..., : stop - start], out))
+        outs.append(head_rows(out, stop - start, axis=-1))
     return jax.tree.map(lambda *a: jnp.concatenate(a, axis=-1), *outs)
 
 
@@ -251,7 +259,7 @@ def patch_cells(
         out = _cells_chunk(
             model, jnp.asarray(base), jnp.asarray(source), chunk, margs, tap, metric
         )
-        outs.append(jax.tree.map(lambda a: a[: stop - start], out))
+        outs.append(head_rows(out, stop - start))
     return jax.tree.map(lambda *a: jnp.concatenate(a), *outs)
 
 
@@ -300,7 +308,7 @@ def path_patching(
     base_tokens: Int[ArrayLike, "prompt pos"],
     source_tokens: Int[ArrayLike, "prompt pos"],
     senders: Bool[ArrayLike, "set layer head_index"],
-    receivers: Bool[ArrayLike, "layer *unit"],
+    receivers: Bool[ArrayLike, " layer *unit"],
     *,
     metric: Callable,
     metric_args: tuple = (),
@@ -346,10 +354,10 @@ def path_patching(
             jnp.asarray(pad_rows(source[sl], batch_size)),
             senders,
             receivers,
-            jax.tree.map(lambda a: jnp.asarray(pad_rows(a[sl], batch_size)), margs),
+            padded_slice(margs, start, stop, batch_size),
             receiver_tap,
             freeze_mlps,
             metric,
         )
-        outs.append(jax.tree.map(lambda a: a[:, : stop - start], out))
+        outs.append(head_rows(out, stop - start, axis=1))
     return jax.tree.map(lambda *a: jnp.concatenate(a, axis=1), *outs)

@@ -1,0 +1,602 @@
+"""Every sweep kernel against a naive Python-loop reference built from `run` + plain edits.
+
+Tiny random models with every weight (biases and norm weights included) perturbed, three
+architectures (rotary/RMS/gated/GQA; learned positions/LayerNorm/parallel residual; GPT-2-like
+serial LayerNorm). Each sweep runs over several padded batches and must compile its batch
+program exactly once.
+"""
+
+import functools
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxinterp import Add, Replace, init_transformer, process, run
+from jaxinterp.kernels import (
+    ablate,
+    attribution,
+    grids,
+    layers,
+    lens,
+    means,
+    metrics,
+    patch,
+)
+
+from .helpers import max_abs, tiny_config
+
+TOL = 1e-5  # float32, relative to the values' magnitude (at least 1)
+
+
+def close(got, want, tol=TOL) -> bool:
+    """max |got - want| <= tol * max(1, max |want|)."""
+    scale = max(1.0, float(np.max(np.abs(np.asarray(want, np.float64)))))
+    return max_abs(got, want) <= tol * scale
+
+
+CONFIGS = {
+    "rotary_rms_gated_gqa": tiny_config(),
+    "learned_ln_parallel": tiny_config(
+        positional="learned",
+        norm="ln",
+        parallel_residual=True,
+        gated_mlp=False,
+        act_fn="gelu",
+        n_kv_heads=4,
+    ),
+    "learned_ln_serial": tiny_config(
+        positional="learned",
+        norm="ln",
+        gated_mlp=False,
+        act_fn="gelu_new",
+        n_kv_heads=4,
+    ),
+}
+N_PROMPT, N_POS = 5, 5
+
+
+def random_model(cfg, seed=0):
+    """A model whose every array (biases, norm weights too) is non-trivial, drawn on the
+    host (no compile)."""
+    skeleton = eqx.filter_eval_shape(init_transformer, cfg, jax.random.key(0))
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = jax.tree_util.keystr(path)
+        if name.endswith(".w"):  # norm weights
+            return jnp.asarray(1 + 0.1 * rng.normal(size=leaf.shape), jnp.float32)
+        if name.endswith(".b") and cfg.norm == "rms":  # RMSNorm has no bias
+            return jnp.zeros(leaf.shape, jnp.float32)
+        scale = 0.1 if len(leaf.shape) <= 2 and ".b" in name else 0.2
+        return jnp.asarray(scale * rng.normal(size=leaf.shape), jnp.float32)
+
+    return jax.tree_util.tree_map_with_path(fill, skeleton)
+
+
+ALL = list(CONFIGS)
+TWO = ALL[:2]
+ONE = ALL[:1]
+
+
+@functools.cache
+def _setup(name):
+    cfg = CONFIGS[name]
+    model = random_model(cfg)
+    rng = np.random.default_rng(0)
+    clean = rng.integers(0, cfg.d_vocab, (N_PROMPT, N_POS))
+    corrupt = rng.integers(0, cfg.d_vocab, (N_PROMPT, N_POS))
+    answer = rng.integers(0, cfg.d_vocab, N_PROMPT)
+    wrong = rng.integers(0, cfg.d_vocab, N_PROMPT)
+    return model, clean, corrupt, answer, wrong
+
+
+@pytest.fixture
+def setup(request):
+    return _setup(request.param)
+
+
+def configs(names):
+    """Parametrizes the `setup` fixture over the named architectures."""
+    return pytest.mark.parametrize("setup", names, indirect=True)
+
+
+def n_compiles(kernel) -> int:
+    return kernel._cached._cache_size()
+
+
+def last_logits(model, tokens, edits=None):
+    logits, _ = run(model, tokens, edits=edits)
+    return np.asarray(logits)[..., -1, :]
+
+
+def capture(model, tokens, suffix):
+    """Stacked `[prompt, layer, pos, ...]` activations via plain `run`."""
+    n = model.cfg.n_layers
+    names = [f"blocks.{l}.{suffix}" for l in range(n)]
+    _, cache = run(model, tokens, capture=names)
+    return np.stack([np.asarray(cache[m]) for m in names], axis=1)
+
+
+# ------------------------------------------------------------------ building blocks
+
+
+@configs(ALL)
+def test_forward_layers_matches_run(setup):
+    model, clean, *_ = setup
+    n = model.cfg.n_layers
+    want, cache = run(model, clean, capture=["blocks.1.hook_resid_pre"])
+    x0 = jax.vmap(lambda t: layers.embed(model, t))(jnp.asarray(clean))
+    got, _ = jax.vmap(lambda x: layers.forward_layers(model, x, 0))(x0)
+    assert close(got, want)
+    x1, _ = jax.vmap(lambda x: layers.forward_layers(model, x, 0, 1))(x0)
+    assert close(x1, cache["blocks.1.hook_resid_pre"])
+    got, _ = jax.vmap(lambda x: layers.forward_layers(model, x, 1, n))(x1)
+    assert close(got, want)
+
+
+@configs(TWO)
+def test_mean_cache_and_stacked(setup):
+    model, clean, *_ = setup
+    got = means.mean_cache(
+        model, clean, ("attn.hook_z", "mlp.hook_post"), batch_size=2, progress_bar=False
+    )
+    for suffix in ("attn.hook_z", "mlp.hook_post"):
+        assert close(got[suffix], capture(model, clean, suffix).mean(0))
+
+
+@configs(ONE)
+def test_stacked_activations_and_last_logits(setup):
+    model, clean, *_ = setup
+    acts = means.stacked_activations(model, clean, "hook_resid_post", batch_size=2)
+    assert close(acts, capture(model, clean, "hook_resid_post"))
+    assert (
+        max_abs(
+            means.last_logits(model, clean, batch_size=2), last_logits(model, clean)
+        )
+        < 1e-4
+    )
+
+
+# ------------------------------------------------------------------ metrics
+
+
+def test_metrics():
+    rng = np.random.default_rng(1)
+    clean, patched = (jnp.asarray(rng.normal(size=11), jnp.float32) for _ in range(2))
+    p, q = jax.nn.softmax(clean), jax.nn.softmax(patched)
+    r, r2 = 3, 7
+    want = 0.5 * ((q[r2] - p[r2]) / p[r2] + (p[r] - q[r]) / q[r])
+    assert abs(metrics.indirect_effect(patched, clean, r, r2) - want) < 1e-6
+    assert metrics.logit_diff(patched, r, r2) == patched[r] - patched[r2]
+    assert abs(metrics.target_prob(patched, r) - q[r]) < 1e-7
+    centred = patched - patched.mean()
+    assert (
+        metrics.normalized_logit(patched, r, center=True) == centred[r] / centred.max()
+    )
+    kl = float(jnp.sum(p * (jnp.log(p) - jnp.log(q))))
+    assert abs(metrics.kl_div(patched, clean) - kl) < 1e-6
+    assert metrics.accuracy(patched, jnp.argmax(patched)) == 1.0
+
+
+# ------------------------------------------------------------------ ablation
+
+
+@configs(ONE)
+@pytest.mark.parametrize(
+    "kind, positions", [("zero", "last"), ("mean", "all"), ("resample", "mask")]
+)
+def test_ablation_sweep_neurons(setup, kind, positions):
+    model, clean, corrupt, answer, _ = setup
+    cfg = model.cfg
+    rng = np.random.default_rng(2)
+    masks = rng.random((3, cfg.n_layers, cfg.d_mlp)) < 0.2
+    if kind == "mean":
+        masks[:, 0] = False  # first edited layer is 1: layer 0 is shared across sets
+    pos_mask = np.array([False, True, False, True, True])
+    pos_arg = pos_mask if positions == "mask" else positions
+    pm = {"last": np.eye(N_POS, dtype=bool)[-1], "all": np.ones(N_POS, bool)}.get(
+        positions, pos_mask
+    )
+    if kind == "zero":
+        values = None
+        per_prompt = np.zeros((N_PROMPT, cfg.n_layers, N_POS, cfg.d_mlp), np.float32)
+    elif kind == "mean":
+        values = capture(model, corrupt, "mlp.hook_post").mean(0)
+        per_prompt = np.broadcast_to(values, (N_PROMPT, *values.shape))
+    else:
+        values = per_prompt = capture(model, corrupt, "mlp.hook_post")
+    before = n_compiles(ablate._ablate_chunk)
+    got = ablate.ablation_sweep(
+        model,
+        clean,
+        masks,
+        metric=metrics.logit_and_argmax,
+        metric_args=(answer,),
+        values=values,
+        positions=pos_arg,
+        batch_size=2,
+        progress_bar=False,
+    )
+    assert n_compiles(ablate._ablate_chunk) - before == 1
+    want_logit = np.zeros((3, N_PROMPT))
+    want_arg = np.zeros((3, N_PROMPT), int)
+    for s in range(3):
+        for i in range(N_PROMPT):
+            edits = {
+                f"blocks.{l}.mlp.hook_post": Replace(
+                    per_prompt[i, l], pm[:, None] & masks[s, l][None, :]
+                )
+                for l in range(cfg.n_layers)
+            }
+            logits = last_logits(model, clean[i], edits)
+            want_logit[s, i] = logits[answer[i]]
+            want_arg[s, i] = logits.argmax()
+    assert close(got[0], want_logit)
+    np.testing.assert_array_equal(got[1], want_arg)
+
+
+@configs(TWO)
+def test_ablation_sweep_heads_and_components(setup):
+    model, clean, corrupt, answer, wrong = setup
+    cfg = model.cfg
+    head_sets = np.zeros((cfg.n_heads, cfg.n_layers, cfg.n_heads), bool)
+    for h in range(cfg.n_heads):
+        head_sets[h, 1, h] = True
+    mean_z = capture(model, corrupt, "attn.hook_z").mean(0)
+    got = ablate.ablation_sweep(
+        model,
+        clean,
+        head_sets,
+        metric=metrics.logit_diff,
+        metric_args=(answer, wrong),
+        tap="attn.hook_z",
+        values=mean_z,
+        positions="all",
+        batch_size=3,
+        progress_bar=False,
+    )
+    for h in range(cfg.n_heads):
+        where = np.zeros((N_POS, cfg.n_heads, 1), bool)
+        where[:, h] = True
+        logits = last_logits(
+            model, clean, {"blocks.1.attn.hook_z": Replace(mean_z[1], where)}
+        )
+        want = logits[np.arange(N_PROMPT), answer] - logits[np.arange(N_PROMPT), wrong]
+        assert close(got[h], want)
+
+
+@configs(ONE)
+def test_ablation_sweep_components(setup):
+    model, clean, corrupt, answer, wrong = setup
+    cfg = model.cfg
+    # whole MLP components, zero-ablated at the last position
+    comp_sets = np.eye(cfg.n_layers, dtype=bool)
+    got = ablate.ablation_sweep(
+        model,
+        clean,
+        comp_sets,
+        metric=metrics.target_logit,
+        metric_args=(answer,),
+        tap="hook_mlp_out",
+        batch_size=5,
+        progress_bar=False,
+    )
+    for l in range(cfg.n_layers):
+        where = np.eye(N_POS, dtype=bool)[-1][:, None]
+        edit = Replace(np.zeros((1, cfg.d_model), np.float32), where)
+        logits = last_logits(model, clean, {f"blocks.{l}.hook_mlp_out": edit})
+        assert close(got[l], logits[np.arange(N_PROMPT), answer])
+
+
+# ------------------------------------------------------------------ activation patching
+
+
+@pytest.mark.parametrize(
+    "setup, tap, positions, groups",
+    [
+        (ALL[0], "attn.hook_z", (1, -1), 2),
+        (ALL[0], "mlp.hook_post", (3,), 1),
+        (ALL[1], "attn.hook_z", (3,), 1),
+    ],
+    indirect=["setup"],
+)
+def test_activation_patching(setup, tap, positions, groups):
+    model, clean, corrupt, answer, wrong = setup
+    cfg = model.cfg
+    before = n_compiles(patch._patch_chunk)
+    got = patch.activation_patching(
+        model,
+        clean,
+        corrupt,
+        metric=metrics.logit_diff,
+        metric_args=(answer, wrong),
+        tap=tap,
+        positions=positions,
+        n_layer_groups=groups,
+        batch_size=2,
+        progress_bar=False,
+    )
+    assert n_compiles(patch._patch_chunk) - before == 1
+    src = capture(model, corrupt, tap)
+    per_head = tap == "attn.hook_z"
+    pos_list = [p % N_POS for p in positions]
+    units = range(cfg.n_heads) if per_head else [None]
+    assert got.shape[:2] == (cfg.n_layers, len(pos_list))
+    for l in range(cfg.n_layers):
+        for j, p in enumerate(pos_list):
+            for u in units:
+                want = []
+                for i in range(N_PROMPT):
+                    where = np.zeros(src.shape[2:], bool)
+                    if u is None:
+                        where[p] = True
+                    else:
+                        where[p, u] = True
+                    edits = {f"blocks.{l}.{tap}": Replace(src[i, l], where)}
+                    logits = last_logits(model, clean[i], edits)
+                    want.append(logits[answer[i]] - logits[wrong[i]])
+                cell = got[l, j, u] if per_head else got[l, j]
+                assert close(cell, want), (l, p, u)
+
+
+@configs(TWO)
+def test_attribution_patching(setup):
+    model, clean, corrupt, answer, wrong = setup
+    cfg = model.cfg
+    clean_logits = last_logits(model, clean)
+    margs = (clean_logits, answer, wrong)
+    scores = attribution.attribution_patching(
+        model,
+        clean,
+        corrupt,
+        metric=metrics.indirect_effect,
+        metric_args=margs,
+        taps=("mlp.hook_post", "attn.hook_z"),
+        batch_size=2,
+        progress_bar=False,
+    )
+
+    # naive: grad through `run` with per-layer zero Add edits, one prompt at a time
+    def f(deltas, tokens, ref, r, r2):
+        edits = {
+            f"blocks.{l}.{s}": Add(deltas[s][l])
+            for s in deltas
+            for l in range(cfg.n_layers)
+        }
+        logits, _ = run(model, tokens, edits=edits)
+        return metrics.indirect_effect(logits[-1], ref, r, r2)
+
+    naive_grad = jax.jit(jax.grad(f))
+    suffixes = ("mlp.hook_post", "attn.hook_z")
+    a_clean = {s: capture(model, clean, s) for s in suffixes}
+    a_src = {s: capture(model, corrupt, s) for s in suffixes}
+    for i in range(N_PROMPT):
+        zeros = {s: jnp.zeros_like(jnp.asarray(a_clean[s][i])) for s in suffixes}
+        grads = naive_grad(zeros, clean[i], clean_logits[i], answer[i], wrong[i])
+        for s in suffixes:
+            want = (a_src[s][i] - a_clean[s][i]) * np.asarray(grads[s])
+            assert close(scores[s][i], want)
+
+
+@configs(ONE)
+def test_attribution_vs_exact(setup):
+    model, clean, corrupt, answer, wrong = setup
+    cfg = model.cfg
+    clean_logits = last_logits(model, clean)
+    margs = (clean_logits, answer, wrong)
+    scores = attribution.attribution_patching(
+        model,
+        clean,
+        corrupt,
+        metric=metrics.indirect_effect,
+        metric_args=margs,
+        batch_size=5,
+        progress_bar=False,
+    )
+    # exact patching of single neurons against plain run, and the validator
+    rng = np.random.default_rng(3)
+    cells = np.stack(
+        [
+            rng.integers(0, cfg.n_layers, 6),
+            rng.integers(0, N_POS, 6),
+            rng.integers(0, cfg.d_mlp, 6),
+        ],
+        axis=1,
+    )
+    report = attribution.attribution_vs_exact(
+        model,
+        clean,
+        corrupt,
+        cells,
+        metric=metrics.indirect_effect,
+        metric_args=margs,
+        scores=scores["mlp.hook_post"],
+        batch_size=4,
+    )
+    src = capture(model, corrupt, "mlp.hook_post")
+    for c, (l, p, n) in enumerate(cells):
+        for i in range(N_PROMPT):
+            where = np.zeros((N_POS, cfg.d_mlp), bool)
+            where[p, n] = True
+            logits = last_logits(
+                model,
+                clean[i],
+                {f"blocks.{l}.mlp.hook_post": Replace(src[i, l], where)},
+            )
+            ie = metrics.indirect_effect(logits, clean_logits[i], answer[i], wrong[i])
+            base = metrics.indirect_effect(
+                clean_logits[i], clean_logits[i], answer[i], wrong[i]
+            )
+            assert abs(report["exact"][c, i] - (ie - base)) < 1e-4
+    assert -1 <= report["pearson"] <= 1
+
+
+# ------------------------------------------------------------------ path patching
+
+
+@configs(TWO)
+def test_path_patching(setup):
+    model, clean, corrupt, answer, wrong = setup
+    cfg = model.cfg
+    n = cfg.n_layers
+    senders = np.zeros((3, n, cfg.n_heads), bool)
+    senders[0, 0, 0] = True
+    senders[1, 0, [1, 2]] = True
+    senders[2, 1, 3] = True
+    receivers = np.zeros((n, cfg.n_heads), bool)
+    receivers[1, [0, 3]] = True
+    got = patch.path_patching(
+        model,
+        clean,
+        corrupt,
+        senders,
+        receivers,
+        metric=metrics.logit_diff,
+        metric_args=(answer, wrong),
+        batch_size=2,
+        progress_bar=False,
+    )
+    z_clean = capture(model, clean, "attn.hook_z")
+    z_src = capture(model, corrupt, "attn.hook_z")
+    post_clean = capture(model, clean, "mlp.hook_post")
+    q_names = [f"blocks.{l}.attn.hook_q" for l in range(n)]
+    for s in range(3):
+        for i in range(N_PROMPT):
+            edits = {}
+            for l in range(n):
+                z = np.where(senders[s, l][None, :, None], z_src[i, l], z_clean[i, l])
+                edits[f"blocks.{l}.attn.hook_z"] = Replace(z)
+                edits[f"blocks.{l}.mlp.hook_post"] = Replace(post_clean[i, l])
+            _, cache = run(model, clean[i], capture=q_names, edits=edits)
+            edits = {
+                q_names[l]: Replace(cache[q_names[l]], receivers[l][None, :, None])
+                for l in range(n)
+            }
+            logits = last_logits(model, clean[i], edits)
+            want = logits[answer[i]] - logits[wrong[i]]
+            assert abs(got[s, i] - want) < TOL
+    # senders in the receivers' layer or above have no path: effect equals the clean run
+    clean_logits = last_logits(model, clean)
+    clean_diff = (
+        clean_logits[np.arange(N_PROMPT), answer]
+        - clean_logits[np.arange(N_PROMPT), wrong]
+    )
+    assert close(got[2], clean_diff)
+
+
+# ------------------------------------------------------------------ lens / DLA
+
+
+@configs(ALL)
+def test_logit_lens_and_dla(setup):
+    model, clean, _, answer, wrong = setup
+    cfg = model.cfg
+    n = cfg.n_layers
+    got = lens.logit_lens(model, clean)
+    names = [f"blocks.{l}.hook_resid_pre" for l in range(n)]
+    logits, cache = run(model, clean, capture=names)
+    assert max_abs(got[:, -1], np.asarray(logits)[:, -1]) < 1e-4
+    for l in range(n):
+        want = layers.unembed(model, cache[names[l]][:, -1])
+        assert max_abs(got[:, l], want) < 1e-4
+    direction = lens.logit_direction(cfg.d_vocab, answer, wrong)
+    dla = lens.direct_logit_attribution(model, clean, direction)
+    total = (
+        dla["embed"]
+        + dla["heads"].sum((1, 2))
+        + dla["attn_bias"].sum(1)
+        + dla["neurons"].sum((1, 2))
+        + dla["mlp_bias"].sum(1)
+        + dla["constant"]
+    )
+    want = np.asarray(logits)[np.arange(N_PROMPT), -1] @ np.asarray(direction).T
+    assert max_abs(total, np.diag(want)) < 1e-4
+    # one head's DLA by hand: its result vector through the frozen final norm
+    z = capture(model, clean, "attn.hook_z")[:, 1, -1, 2]  # [prompt, d_head]
+    result = z @ np.asarray(model.blocks.attn.W_O[1, 2])
+    final = np.asarray(
+        jax.vmap(
+            lambda t: layers.forward_layers(
+                model, layers.embed(model, t), 0, logits=False
+            )[0]
+        )(jnp.asarray(clean))
+    )[:, -1]
+    if cfg.norm == "ln":
+        scale = np.sqrt(final.var(-1) + cfg.eps)
+        result = result - result.mean(-1, keepdims=True)
+    else:
+        scale = np.sqrt((final**2).mean(-1) + cfg.eps)
+    u = np.asarray(model.unembed.W_U) @ np.asarray(direction).T  # [d_model, prompt]
+    want = np.einsum("pm,m,mp->p", result, np.asarray(model.ln_final.w), u) / scale
+    assert max_abs(dla["heads"][:, 1, 2], want) < 1e-4
+
+
+@configs(ALL)
+def test_neuron_logit_lens(setup):
+    model, *_ = setup
+    tl = process.tl_default(model)
+    neurons = np.array([0, 5, 17])
+    got = lens.neuron_logit_lens(model, 1, neurons)
+    want = np.asarray(tl.blocks.mlp.W_out[1][neurons]) @ np.asarray(tl.unembed.W_U)
+    assert max_abs(got, want) < 1e-4
+    raw = lens.neuron_logit_lens(model, 1, neurons, tl_processing=False)
+    want = np.asarray(model.blocks.mlp.W_out[1][neurons]) @ np.asarray(
+        model.unembed.W_U
+    )
+    assert max_abs(raw, want) < 1e-4
+
+
+# ------------------------------------------------------------------ operand grid
+
+
+@pytest.mark.parametrize(
+    "setup, prefix_len", [(ALL[0], 1), (ALL[2], 4)], indirect=["setup"]
+)
+def test_operand_grid(setup, prefix_len, tmp_path):
+    model, *_ = setup
+    cfg = model.cfg
+    rng = np.random.default_rng(4)
+    prefix = rng.integers(0, cfg.d_vocab, prefix_len)
+    op, eq = 7, 9
+    a_tok = rng.integers(0, cfg.d_vocab, 4)
+    b_tok = rng.integers(0, cfg.d_vocab, 3)
+    prompts = np.array([[*prefix, a, op, b, eq] for a in a_tok for b in b_tok])
+    full = capture(model, prompts, "mlp.hook_post")  # [pair, layer, pos, d_mlp]
+    full = full.reshape(4, 3, *full.shape[1:])
+    kw = dict(prefix=prefix, middle=[op], suffix=[eq], batch_size=5, progress_bar=False)
+    before = n_compiles(grids._grid_chunk)
+    got = grids.operand_grid(model, a_tok, b_tok, **kw)
+    assert n_compiles(grids._grid_chunk) - before == 1
+    assert got.shape == (4, 3, cfg.n_layers, cfg.d_mlp)
+    assert close(got, full[:, :, :, -1])
+    units = np.array([3, 50, 7])
+    got = grids.operand_grid(
+        model, a_tok, b_tok, layers=[1], units=units, positions=[-2, -1], **kw
+    )
+    assert close(got, np.moveaxis(full[:, :, 1:2, -2:][..., units], 3, 2))
+    mean = grids.operand_grid(model, a_tok, b_tok, reduce="mean", **kw)
+    assert close(mean, full[:, :, :, -1].mean((0, 1)))
+    top = grids.operand_grid(model, a_tok, b_tok, reduce="topk", k=3, **kw)
+    flat = full[:, :, :, -1].reshape(12, cfg.n_layers, cfg.d_mlp)
+    want = -np.sort(-flat, axis=0)[:3]
+    assert close(top["values"], want)
+    picked = full[
+        top["a"], top["b"], np.arange(cfg.n_layers)[:, None], -1, np.arange(cfg.d_mlp)
+    ]
+    assert close(picked, top["values"])
+    # memmap output, resumed after an interruption
+    path = tmp_path / "grid.npy"
+    got = grids.operand_grid(model, a_tok, b_tok, out=path, **kw)
+    assert close(np.load(path), full[:, :, :, -1])
+    (tmp_path / "grid.npy.done").write_text('{"done": 5}')
+    arr = np.load(path, mmap_mode="r+")
+    arr.reshape(12, -1)[5:] = 0
+    arr.flush()
+    del arr, got
+    grids.operand_grid(model, a_tok, b_tok, out=path, **kw)
+    assert close(np.load(path), full[:, :, :, -1])
+    with pytest.raises(ValueError, match="must lie"):
+        grids.operand_grid(model, a_tok, b_tok, positions=prefix_len, **kw)
