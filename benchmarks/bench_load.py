@@ -85,7 +85,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--hf", action="store_true", help="also compare with transformers")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
-    ap.add_argument("models", nargs="*", help="registry names (default: installed GGUFs)")
+    ap.add_argument(
+        "models", nargs="*", help="registry names (default: installed GGUFs)"
+    )
     args = ap.parse_args()
     if args.child:
         print(json.dumps(_child(*args.child)))

@@ -637,7 +637,7 @@ SIZES = {
     True: dict(grid=20, prefix=24, tl_grid=200, tl_grid_prefix=60, sets=8, prompts=200,
                tl_w2=400, pairs=16, tl_cells=60, attr_pairs=8, sample=16),
     False: dict(grid=100, prefix=24, tl_grid=1000, tl_grid_prefix=100, sets=32,
-                prompts=1000, tl_w2=1000, pairs=24, tl_cells=120, attr_pairs=16, sample=64),
+                prompts=2000, tl_w2=1000, pairs=24, tl_cells=120, attr_pairs=16, sample=64),
 }  # fmt: skip
 
 

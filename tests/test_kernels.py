@@ -434,6 +434,39 @@ def test_attribution_vs_exact(setup):
     assert -1 <= report["pearson"] <= 1
 
 
+@configs(ALL)
+def test_patch_cells_skips_layers_and_positions_before_the_cells(setup):
+    """Cells at layers >= 1 and positions >= 2: the kernel starts there (clean prefix and
+    keys/values reused) and must equal full forwards with one plain edit each."""
+    model, clean, corrupt, answer, wrong = setup
+    margs = (answer, wrong)
+    for tap, cells in [
+        ("hook_resid_pre", np.array([[1, 2], [1, 4], [1, -2]])),
+        ("attn.hook_z", np.array([[1, 3, 0], [1, 2, 3], [1, 4, 1]])),
+    ]:
+        got = patch.patch_cells(
+            model,
+            clean,
+            corrupt,
+            cells,
+            metric=metrics.logit_diff,
+            metric_args=margs,
+            tap=tap,
+            batch_size=2,
+            progress_bar=False,
+        )
+        assert got.shape == (len(cells), N_PROMPT)
+        src = capture(model, corrupt, tap)
+        for c, (l, p, *unit) in enumerate(cells):
+            for i in range(N_PROMPT):
+                where = np.zeros(src.shape[2:], bool)
+                where[(p, *unit)] = True
+                name = f"blocks.{l}.{tap}"
+                logits = last_logits(model, clean[i], {name: Replace(src[i, l], where)})
+                want = logits[answer[i]] - logits[wrong[i]]
+                assert close(got[c, i], want), (tap, c, i)
+
+
 # ------------------------------------------------------------------ path patching
 
 
@@ -572,6 +605,10 @@ def test_operand_grid(setup, prefix_len, tmp_path):
     assert n_compiles(grids._grid_chunk) - before == 1
     assert got.shape == (4, 3, cfg.n_layers, cfg.d_mlp)
     assert close(got, full[:, :, :, -1])
+    # sub-grids of row pieces (2 of 3 columns) and of several rows (2 rows, padded)
+    for bs in (2, 7):
+        got = grids.operand_grid(model, a_tok, b_tok, **(kw | dict(batch_size=bs)))
+        assert close(got, full[:, :, :, -1]), bs
     units = np.array([3, 50, 7])
     got = grids.operand_grid(
         model, a_tok, b_tok, layers=[1], units=units, positions=[-2, -1], **kw
@@ -579,24 +616,37 @@ def test_operand_grid(setup, prefix_len, tmp_path):
     assert close(got, np.moveaxis(full[:, :, 1:2, -2:][..., units], 3, 2))
     mean = grids.operand_grid(model, a_tok, b_tok, reduce="mean", **kw)
     assert close(mean, full[:, :, :, -1].mean((0, 1)))
-    top = grids.operand_grid(model, a_tok, b_tok, reduce="topk", k=3, **kw)
     flat = full[:, :, :, -1].reshape(12, cfg.n_layers, cfg.d_mlp)
     want = -np.sort(-flat, axis=0)[:3]
-    assert close(top["values"], want)
-    picked = full[
-        top["a"], top["b"], np.arange(cfg.n_layers)[:, None], -1, np.arange(cfg.d_mlp)
-    ]
-    assert close(picked, top["values"])
-    # memmap output, resumed after an interruption
+    for bs in (5, 7):
+        top = grids.operand_grid(
+            model, a_tok, b_tok, reduce="topk", k=3, **(kw | dict(batch_size=bs))
+        )
+        assert close(top["values"], want)
+        layer, unit = np.arange(cfg.n_layers)[:, None], np.arange(cfg.d_mlp)
+        picked = full[top["a"], top["b"], layer, -1, unit]
+        assert close(picked, top["values"])
+    # .npy output: complete files only; a killed run resumes from its last block
     path = tmp_path / "grid.npy"
-    got = grids.operand_grid(model, a_tok, b_tok, out=path, **kw)
-    assert close(np.load(path), full[:, :, :, -1])
-    (tmp_path / "grid.npy.done").write_text('{"done": 5}')
-    arr = np.load(path, mmap_mode="r+")
-    arr.reshape(12, -1)[5:] = 0
-    arr.flush()
-    del arr, got
     grids.operand_grid(model, a_tok, b_tok, out=path, **kw)
     assert close(np.load(path), full[:, :, :, -1])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.npy"]
+    again = grids.operand_grid(model, a_tok, b_tok, out=path, **kw)  # no recompute
+    assert np.array_equal(again, np.load(path))
+    partial = tmp_path / "grid.npy.partial"
+    path.rename(partial)  # as if killed after 2 of 4 rows (the markers say 6 pairs)
+    arr = np.load(partial, mmap_mode="r+")
+    arr.reshape(12, -1)[:6] = 7.0  # a sentinel: finished blocks are not recomputed
+    arr.reshape(12, -1)[6:] = np.nan
+    arr.flush()
+    del arr
+    (tmp_path / "grid.npy.partial.json").write_text('{"done": 6}')
+    grids.operand_grid(model, a_tok, b_tok, out=path, **kw)
+    resumed = np.load(path).reshape(12, -1)
+    assert (resumed[:6] == 7.0).all()
+    assert close(resumed[6:], full[:, :, :, -1].reshape(12, -1)[6:])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.npy"]
+    with pytest.raises(ValueError, match="remove it"):
+        grids.operand_grid(model, a_tok, b_tok[:2], out=path, **kw)
     with pytest.raises(ValueError, match="must lie"):
         grids.operand_grid(model, a_tok, b_tok, positions=prefix_len, **kw)

@@ -10,8 +10,9 @@ the chosen taps at positions of the `[b] + suffix` part for every `(a, b)` of th
    `[BOS, a, op, b, =]` template, 2 of 5 positions per pair;
 4. only layers up to the deepest requested one run, and nothing is unembedded.
 
-Pairs stream through one compiled program in fixed-size batches (the last one padded),
-sized by `batch_size` or a memory budget. Results are either materialized
+Pairs stream through one compiled program in fixed-size sub-grids (whole rows of `a` when
+they fit; the last ones padded), sized by `batch_size` or a memory budget. Inside a row the
+`a` cache is shared, not copied per pair. Results are either materialized
 (`[a, b, layer, unit]`), reduced on the fly (`reduce="mean"` or `"topk"`: the top-k pairs of
 every unit), or written to a `.npy` memmap that a later call resumes (`out=`).
 """
@@ -28,7 +29,7 @@ import numpy as np
 
 from .._typing import ArrayLike, Int
 from ..model import Transformer
-from ._stream import chunks, pad_rows, progress, stacked_names, tail_shape
+from ._stream import pad_rows, progress, stacked_names, tail_shape
 from .layers import embed, forward_layers
 from .run import check_tokens, kv_names
 
@@ -71,23 +72,47 @@ def _shared_kv(model, prefix, a_segments, stop):
 
 
 @eqx.filter_jit
-def _grid_chunk(model, kv, a_idx, b_segments, units, spec: GridSpec):
+def _grid_chunk(model, kv, a_idx, b_segments, units, spec: GridSpec, squeeze: bool):
+    """Taps of the sub-grid `a_idx x b_segments`: `[row, col, (pos,) layer, *unit]`.
+
+    The cache of each `a` is taken once per row and stays unbatched inside the vmap over
+    `b`, so attention reads it in place (a matmul over the row's pairs) instead of copying
+    it for every pair."""
     n_past = kv[0].shape[2]
     names = frozenset(stacked_names(spec.tap, spec.layers))
 
-    def one(a, seg):
+    def row(a):
         past = (kv[0][a], kv[1][a])
-        x = embed(model, seg, n_past)
-        _, rec = forward_layers(
-            model, x, 0, spec.stop, capture=names, past_kv=past, logits=False
-        )
-        acts = jnp.stack([rec[n] for n in stacked_names(spec.tap, spec.layers)])
-        acts = acts[:, jnp.asarray(spec.positions)]  # [layer, pos, *tail]
-        if units is not None:
-            acts = acts[..., units]
-        return jnp.swapaxes(acts, 0, 1)  # [pos, layer, *unit]
 
-    return jax.vmap(one)(a_idx, b_segments)
+        def one(seg):
+            x = embed(model, seg, n_past)
+            _, rec = forward_layers(
+                model, x, 0, spec.stop, capture=names, past_kv=past, logits=False
+            )
+            acts = jnp.stack([rec[n] for n in stacked_names(spec.tap, spec.layers)])
+            acts = acts[:, jnp.asarray(spec.positions)]  # [layer, pos, *tail]
+            if units is not None:
+                acts = acts[..., units]
+            return acts[:, 0] if squeeze else jnp.swapaxes(acts, 0, 1)
+
+        return jax.vmap(one)(b_segments)
+
+    return jax.vmap(row)(a_idx)
+
+
+def _blocks(n_a: int, n_b: int, batch_size: int):
+    """Sub-grids of at most `batch_size` pairs: whole rows of `a` when a row fits, else
+    row pieces; each block is a contiguous range of the row-major flat pair index.
+
+    Returns `(rows, cols, blocks)` with blocks `(a0, a1, b0, b1)`."""
+    cols = min(n_b, batch_size)
+    rows = max(1, min(n_a, batch_size // cols))
+    blocks = [
+        (a0, min(a0 + rows, n_a), b0, min(b0 + cols, n_b))
+        for a0 in range(0, n_a, rows)
+        for b0 in range(0, n_b, cols)
+    ]
+    return rows, cols, blocks
 
 
 @eqx.filter_jit
@@ -98,6 +123,57 @@ def _merge_topk(top_v, top_i, vals, idx, valid, k):
     all_i = jnp.concatenate([top_i, jnp.broadcast_to(idx[:, None], flat.shape)])
     v, order = jax.lax.top_k(all_v.T, k)  # [F, k]
     return v.T, jnp.take_along_axis(all_i.T, order, axis=1).T
+
+
+def _flat(block, n_b: int) -> tuple[int, int]:
+    """Row-major flat pair range `[start, stop)` of a block from `_blocks`."""
+    a0, a1, b0, b1 = block
+    return a0 * n_b + b0, (a1 - 1) * n_b + b1
+
+
+def _open_output(out: str, shape: tuple[int, ...]):
+    """`(array, done, finish)` for a `.npy` result at `out` that is never half-written.
+
+    A finished `out` is returned (read-only memmap) with `finish=None`. Otherwise blocks go
+    to `<out>.partial`, resumed from the pair count in its `<out>.partial.json` marker when
+    both exist; `finish(stop)` flushes and records progress after each block and renames
+    the file to `out` after the last one."""
+    n_items = shape[0] * shape[1]
+
+    def opened(path, mode):
+        array = np.load(path, mmap_mode=mode)
+        if array.shape != shape or array.dtype != np.float32:
+            raise ValueError(
+                f"{path} holds {array.dtype}{list(array.shape)}, this grid is "
+                f"float32{list(shape)}: remove it or choose another path"
+            )
+        return array
+
+    if os.path.exists(out):
+        return opened(out, "r"), n_items, None
+    partial, marker = out + ".partial", out + ".partial.json"
+    done = 0
+    if os.path.exists(partial) and os.path.exists(marker):
+        result = opened(partial, "r+")
+        with open(marker) as f:
+            done = int(json.load(f)["done"])
+        if done == n_items:  # killed between the last marker and the rename
+            os.replace(partial, out)
+            os.remove(marker)
+            return opened(out, "r"), n_items, None
+    else:
+        result = np.lib.format.open_memmap(partial, "w+", np.float32, shape)
+
+    def finish(stop: int) -> None:
+        result.flush()
+        with open(marker + ".tmp", "w") as f:
+            json.dump({"done": stop}, f)
+        os.replace(marker + ".tmp", marker)
+        if stop == n_items:
+            os.replace(partial, out)
+            os.remove(marker)
+
+    return result, done, finish
 
 
 def _bytes_per_pair(cfg, seg_len: int, n_out: int) -> int:
@@ -139,8 +215,10 @@ def operand_grid(
         reduce: `"full"` (every pair), `"mean"` (over pairs) or `"topk"` (the `k` largest
             pairs of every unit).
         k: for `"topk"`.
-        out: with `reduce="full"`, a `.npy` path written as a memmap; an existing file of
-            the same shape with a `<out>.done` marker is resumed from where it stopped.
+        out: with `reduce="full"`, a `.npy` path. Blocks are written to `<out>.partial`
+            (a memmap) and the file is renamed to `out` when complete, so `out` never
+            holds a half-written grid; a killed run is resumed from its last block by the
+            same call. An existing `out` is returned without recomputing.
         batch_size: pairs per device call; default from `memory_budget` (bytes).
         progress_bar: tqdm over pair batches.
 
@@ -186,26 +264,16 @@ def operand_grid(
     b_segments = np.concatenate(
         [b_tokens[:, None], np.broadcast_to(suffix, (n_b, suffix.size))], axis=1
     )
-    a_of, b_of = np.divmod(np.arange(n_items), n_b)
 
-    done = 0
+    done, total, top_v, top_i = 0, None, None, None
     if reduce == "full":
         shape = (n_a, n_b, *item_shape)
         if out is not None:
-            out = os.fspath(out)
-            marker = out + ".done"
-            if os.path.exists(out) and os.path.exists(marker):
-                result = np.load(out, mmap_mode="r+")
-                if result.shape != shape:
-                    raise ValueError(
-                        f"{out} has shape {result.shape}, expected {shape}"
-                    )
-                with open(marker) as f:
-                    done = json.load(f)["done"]
-            else:
-                result = np.lib.format.open_memmap(out, "w+", np.float32, shape)
+            result, done, finish = _open_output(os.fspath(out), shape)
+            if result is not None and finish is None:
+                return result  # already complete
         else:
-            result = np.empty(shape, np.float32)
+            result, finish = np.empty(shape, np.float32), None
         flat = result.reshape(n_items, *item_shape)
     elif reduce == "mean":
         total = np.zeros(item_shape, np.float64)
@@ -216,38 +284,53 @@ def operand_grid(
     else:
         raise ValueError(f"reduce must be 'full', 'mean' or 'topk', not {reduce!r}")
 
-    starts = list(chunks(n_items, batch_size))
-    todo = [(s, e) for s, e in starts if s >= done]
-    for start, stop in progress(todo, len(todo), "operand grid", progress_bar):
-        idx = pad_rows(np.arange(start, stop), batch_size)
-        acts = _grid_chunk(
-            model,
-            kv,
-            jnp.asarray(a_of[idx]),
-            jnp.asarray(b_segments[b_of[idx]]),
-            units_arr,
-            spec,
-        )
-        if squeeze:
-            acts = acts[:, 0]
-        valid = np.arange(batch_size) < stop - start
+    rows, cols, blocks = _blocks(n_a, n_b, batch_size)
+
+    def consume(block, a_idx, b_idx, acts):
+        nonlocal total, top_v, top_i
+        a0, a1, b0, b1 = block
+        start, stop = _flat(block, n_b)
         if reduce == "full":
-            flat[start:stop] = np.asarray(acts)[: stop - start]
-            if out is not None:
-                result.flush()
-                with open(marker, "w") as f:
-                    json.dump({"done": stop}, f)
+            flat[start:stop] = np.asarray(acts)[: a1 - a0, : b1 - b0].reshape(
+                -1, *item_shape
+            )
+            if finish is not None:
+                finish(stop)
         elif reduce == "mean":
-            total += np.asarray(acts, np.float64)[valid].sum(0)
+            total += np.asarray(acts, np.float64)[: a1 - a0, : b1 - b0].sum((0, 1))
         else:
+            valid = (np.arange(rows) < a1 - a0)[:, None] & (np.arange(cols) < b1 - b0)
             top_v, top_i = _merge_topk(
                 top_v,
                 top_i,
-                acts.astype(jnp.float32),
-                jnp.asarray(idx, jnp.int32),
-                jnp.asarray(valid),
+                acts.reshape(rows * cols, *item_shape).astype(jnp.float32),
+                jnp.asarray((a_idx[:, None] * n_b + b_idx).reshape(-1), jnp.int32),
+                jnp.asarray(valid.reshape(-1)),
                 k,
             )
+
+    # Dispatch is asynchronous: block i + 1 is launched before block i is copied to the
+    # host, so the copy overlaps the next block's compute.
+    todo = [blk for blk in blocks if _flat(blk, n_b)[1] > done]  # resume
+    pending = None
+    for block in progress(todo, len(todo), "operand grid", progress_bar):
+        a0, a1, b0, b1 = block
+        a_idx = pad_rows(np.arange(a0, a1), rows)
+        b_idx = pad_rows(np.arange(b0, b1), cols)
+        acts = _grid_chunk(
+            model,
+            kv,
+            jnp.asarray(a_idx),
+            jnp.asarray(b_segments[b_idx]),
+            units_arr,
+            spec,
+            squeeze,
+        )
+        if pending is not None:
+            consume(*pending)
+        pending = (block, a_idx, b_idx, acts)
+    if pending is not None:
+        consume(*pending)
     if reduce == "full":
         return result
     if reduce == "mean":

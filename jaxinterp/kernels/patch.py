@@ -13,8 +13,9 @@ only layers `>= start of its group` on positions `>= p`, continuing the base cac
 `< p`. Positions are a static loop inside the program (one sub-program per position and layer
 group; more groups save FLOPs but add compile time).
 
-`patch_cells` patches an arbitrary list of cells with full forwards (the exact reference for
-attribution patching on a sample of neurons). `path_patching` patches senders' outputs into
+`patch_cells` patches an arbitrary list of cells (the exact reference for attribution
+patching on a sample of neurons), recomputing only layers and positions at or after the
+earliest listed cell. `path_patching` patches senders' outputs into
 receivers' inputs only (IOI-style).
 """
 
@@ -38,7 +39,7 @@ from ._stream import (
     stacked_names,
     tail_shape,
 )
-from .ablate import unit_mask
+from .ablate import _clean_prefix, unit_mask
 from .layers import embed, forward_layers, unembed
 from .run import check_tokens, kv_names
 
@@ -205,20 +206,27 @@ def _cell_mask(cell, n_layers, n_pos, tail):
 
 
 @eqx.filter_jit
-def _cells_chunk(model, base, source, cells, margs, tap, metric):
+def _cells_chunk(model, base, source, cells, margs, tap, L, p0, metric):
     cfg = model.cfg
     tail = tail_shape(tap, cfg)
+    n_pos = base.shape[1] - p0
+    # cells relative to the block (layers >= L, positions >= p0) that is recomputed
+    offset = jnp.asarray([L, p0] + [0] * (cells.shape[1] - 2), cells.dtype)
 
     def per_prompt(base, source, margs):
         _, src, _ = _stacked(model, source, (tap,))
-        src = src[tap]
-        x0 = embed(model, base)
+        src = src[tap][L:, p0:]
+        x, kv = _clean_prefix(model, base, L, p0)
 
         def per_cell(cell):
-            where = _cell_mask(cell, cfg.n_layers, base.shape[0], tail)
-            edit = Replace(src, where)
+            where = _cell_mask(cell - offset, cfg.n_layers - L, n_pos, tail)
             h, _ = forward_layers(
-                model, x0, 0, edits={every_layer(tap): edit}, logits=False
+                model,
+                x,
+                L,
+                edits={every_layer(tap): Replace(src, where)},
+                past_kv=kv,
+                logits=False,
             )
             return metric(unembed(model, h[-1]), *margs)
 
@@ -243,12 +251,21 @@ def patch_cells(
     """Metric after patching each listed cell `(layer, pos)` or `(layer, pos, unit)` (unit =
     index into the tap's first per-position axis: neuron, head) from source into base.
 
-    Full forwards, `batch_size` cells per device call over all prompts at once. Returns the
-    metric's output with leading axes `[cell, prompt]`.
+    `batch_size` cells per device call over all prompts at once. As in `ablate`, layers
+    below the lowest listed layer `L` and positions before the earliest listed position
+    `p0` run once per prompt (clean base run and its keys/values); each cell recomputes
+    layers `>= L` at positions `>= p0` only (one token for last-position cells).
+
+    Returns the metric's output with leading axes `[cell, prompt]`.
     """
     base, source = _check_pair(model, base_tokens, source_tokens)
     cells = np.asarray(cells)
     n_cell = cells.shape[0]
+    if cells.ndim != 2 or cells.shape[1] not in (2, 3) or n_cell == 0:
+        raise ValueError(f"cells must be [cell, 2] or [cell, 3] indices: {cells.shape}")
+    cells = cells.copy()
+    cells[:, 1] %= base.shape[1]
+    L, p0 = int(cells[:, 0].min()), int(cells[:, 1].min())
     margs = tuple(jnp.asarray(a) for a in metric_args)
     batch_size = min(batch_size, n_cell)
     outs = []
@@ -257,7 +274,15 @@ def patch_cells(
     ):
         chunk = jnp.asarray(pad_rows(cells[start:stop], batch_size))
         out = _cells_chunk(
-            model, jnp.asarray(base), jnp.asarray(source), chunk, margs, tap, metric
+            model,
+            jnp.asarray(base),
+            jnp.asarray(source),
+            chunk,
+            margs,
+            tap,
+            L,
+            p0,
+            metric,
         )
         outs.append(head_rows(out, stop - start))
     return jax.tree.map(lambda *a: jnp.concatenate(a), *outs)
