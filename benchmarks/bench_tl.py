@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_tl.py --quick     # ~2 min: GPT-2-small shape only
     .venv/bin/python benchmarks/bench_tl.py             # full: GPT-2, Pythia-160M, SmolLM2-135M
+    .venv/bin/python benchmarks/bench_tl.py --models gpt2 --workloads W3   # a subset
 
 Same random weights everywhere: a random HF model (from its config, no download) is saved as
 safetensors, converted with `converters.from_pretrained`, and TransformerLens's
@@ -124,7 +125,9 @@ HF_POST = {  # module whose *input* is mlp.hook_post
 }
 
 
-def build(name: str):
+def converted(name: str):
+    """A seeded random HF model of `name`'s shape (float32, eager attention) and its
+    jaxinterp conversion."""
     import transformers
 
     torch.manual_seed(0)
@@ -134,6 +137,11 @@ def build(name: str):
     with tempfile.TemporaryDirectory() as d:
         hf.save_pretrained(d)
         model = converters.from_pretrained(d, dtype=jnp.float32)
+    return model, hf
+
+
+def build(name: str):
+    model, hf = converted(name)
     tl = tl_model(model)
     toks = np.random.default_rng(0).integers(0, model.cfg.d_vocab, (2, 7))
     ours = np.asarray(jax.vmap(model)(jnp.asarray(toks)))
@@ -211,6 +219,13 @@ def prompts(rng, v, n):
     bos, op, eq = 1, 2, 3
     a, b = rng.integers(10, v, n), rng.integers(10, v, n)
     return np.stack([np.full(n, bos), a, np.full(n, op), b, np.full(n, eq)], 1)
+
+
+def prompt_pairs(seed, v, n):
+    """Clean and corrupt `[n, 5]` prompts and random answer / wrong tokens `[n]`."""
+    rng = np.random.default_rng(seed)
+    clean, corrupt = prompts(rng, v, n), prompts(rng, v, n)
+    return clean, corrupt, rng.integers(0, v, n), rng.integers(0, v, n)
 
 
 # ----------------------------------------------------------------------------- W1
@@ -445,21 +460,15 @@ def w2_ablation(name, model, tl, n_sets, n_prompts, tl_items):
 
 # ----------------------------------------------------------------------------- W3
 
+N_GROUPS = 4  # layer groups of activation_patching: fewer FLOPs, more compile time
+
 
 def w3_patching(name, model, tl, n_pairs, tl_cells):
     cfg = model.cfg
-    rng = np.random.default_rng(3)
-    clean, corrupt = (
-        prompts(rng, cfg.d_vocab, n_pairs),
-        prompts(rng, cfg.d_vocab, n_pairs),
-    )
-    ans, wrong = (
-        rng.integers(0, cfg.d_vocab, n_pairs),
-        rng.integers(0, cfg.d_vocab, n_pairs),
-    )
+    clean, corrupt, ans, wrong = prompt_pairs(3, cfg.d_vocab, n_pairs)
     kw = dict(
         metric=metrics.logit_diff, metric_args=(ans, wrong), tap="attn.hook_z",
-        n_layer_groups=2, batch_size=8, progress_bar=False,
+        n_layer_groups=N_GROUPS, batch_size=8, progress_bar=False,
     )  # fmt: skip
     w_kw = dict(kw, metric_args=(ans[:8], wrong[:8]))
     warm = ((model, clean[:8], corrupt[:8]), w_kw, 8 / n_pairs)
@@ -468,7 +477,7 @@ def w3_patching(name, model, tl, n_pairs, tl_cells):
     )
     n_cells = cfg.n_layers * 5 * cfg.n_heads
     items = n_cells * n_pairs
-    groups = patch.layer_groups(cfg.n_layers, 2)
+    groups = patch.layer_groups(cfg.n_layers, N_GROUPS)
     seg_layers = sum((cfg.n_layers - s) * (e - s) for s, e in groups) * cfg.n_heads
     flops = n_pairs * (
         sum(seg_layers * (5 - p) * layer_flops(cfg) for p in range(5))
@@ -535,14 +544,7 @@ def w3_patching(name, model, tl, n_pairs, tl_cells):
 def w4_attribution(name, model, tl, n_pairs, n_sample):
     cfg = model.cfg
     rng = np.random.default_rng(4)
-    clean, corrupt = (
-        prompts(rng, cfg.d_vocab, n_pairs),
-        prompts(rng, cfg.d_vocab, n_pairs),
-    )
-    ans, wrong = (
-        rng.integers(0, cfg.d_vocab, n_pairs),
-        rng.integers(0, cfg.d_vocab, n_pairs),
-    )
+    clean, corrupt, ans, wrong = prompt_pairs(rng, cfg.d_vocab, n_pairs)
     kw = dict(metric=metrics.logit_diff, metric_args=(ans, wrong), batch_size=8,
               progress_bar=False)  # fmt: skip
     scores, t, c = jax_timed(
@@ -642,19 +644,18 @@ SIZES = {
 
 
 def ratio_table() -> list[str]:
-    lines = []
-    groups = {}
+    """Each PyTorch row against the JAX row recorded before it for the same workload."""
+    lines, last_jax = [], {}
     for r in ROWS:
-        groups.setdefault((r["model"], r["workload"]), []).append(r)
-    for (model, wl), rows in groups.items():
-        jax_rows = [r for r in rows if r["variant"].startswith("jax")]
-        torch_rows = [r for r in rows if not r["variant"].startswith("jax")]
-        for j in jax_rows:
-            for r in torch_rows if j is jax_rows[0] else []:
-                lines.append(
-                    f"| {model} | {wl} | {r['variant']} | {r['per_s']:.1f} | "
-                    f"{j['per_s'] / r['per_s']:.1f}x | {r['note']} |"
-                )
+        key = (r["model"], r["workload"])
+        if r["variant"].startswith("jax"):
+            last_jax[key] = r
+            continue
+        j = last_jax[key]
+        lines.append(
+            f"| {r['model']} | {r['workload']} | {j['variant']} | {r['variant']} | "
+            f"{r['per_s']:.1f} | {j['per_s'] / r['per_s']:.1f}x | {r['note']} |"
+        )
     return lines
 
 
@@ -665,6 +666,7 @@ def main():
     )
     ap.add_argument("--models", nargs="*", default=None)
     ap.add_argument("--json", default=None, help="write all rows to this file")
+    ap.add_argument("--workloads", nargs="*", default=["W1", "W1p", "W2", "W3", "W4"])
     args = ap.parse_args()
     sz = SIZES[args.quick]
     names = args.models or (
@@ -677,11 +679,17 @@ def main():
     for name in names:
         t0 = time.perf_counter()
         model, tl, hf = build(name)
-        w1_grid(name, model, tl, hf, sz["grid"], 0, sz["tl_grid"])
-        w1_grid(name, model, tl, hf, sz["grid"], sz["prefix"], sz["tl_grid_prefix"])
-        w2_ablation(name, model, tl, sz["sets"], sz["prompts"], sz["tl_w2"])
-        w3_patching(name, model, tl, sz["pairs"], sz["tl_cells"])
-        w4_attribution(name, model, tl, sz["attr_pairs"], sz["sample"])
+        todo = set(args.workloads)
+        if "W1" in todo:
+            w1_grid(name, model, tl, hf, sz["grid"], 0, sz["tl_grid"])
+        if "W1p" in todo:
+            w1_grid(name, model, tl, hf, sz["grid"], sz["prefix"], sz["tl_grid_prefix"])
+        if "W2" in todo:
+            w2_ablation(name, model, tl, sz["sets"], sz["prompts"], sz["tl_w2"])
+        if "W3" in todo:
+            w3_patching(name, model, tl, sz["pairs"], sz["tl_cells"])
+        if "W4" in todo:
+            w4_attribution(name, model, tl, sz["attr_pairs"], sz["sample"])
         print(f"[{name}] done in {time.perf_counter() - t0:.0f}s")
         del model, tl, hf
     print("\n| model | workload | variant | items/s | jax/torch | compile s | "
@@ -694,8 +702,10 @@ def main():
         print(f"| {r['model']} | {r['workload']} | {r['variant']} | {r['per_s']:.1f} | "
               f"| {comp} | {pct} | {diff} | {r['note']} |")  # fmt: skip
     print("\nSpeedups (jax kernel items/s / torch items/s):")
-    print("| model | workload | baseline | baseline items/s | speedup | note |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| model | workload | jax kernel | baseline | baseline items/s | speedup | note |"
+    )
+    print("|---|---|---|---|---|---|---|")
     print("\n".join(ratio_table()))
     meta = dict(date=datetime.date.today().isoformat(), machine=platform.platform(),
                 cpus=os.cpu_count(), matmul_gflops=gf, quick=args.quick)  # fmt: skip

@@ -88,7 +88,7 @@ class TrainConfig:
     n_ctx: int = 16
     # optimisation
     seed: int = 0
-    steps: int = 4500
+    steps: int = 10000
     batch_size: int = 256
     lr: float = 2e-3
     warmup_steps: int = 200
