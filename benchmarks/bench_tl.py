@@ -692,15 +692,15 @@ def main():
             w4_attribution(name, model, tl, sz["attr_pairs"], sz["sample"])
         print(f"[{name}] done in {time.perf_counter() - t0:.0f}s")
         del model, tl, hf
-    print("\n| model | workload | variant | items/s | jax/torch | compile s | "
+    print("\n| model | workload | variant | items/s | compile s | "
           "% of matmul peak | max diff | note |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for r in ROWS:
         pct = "" if r["gflops"] is None else f"{100 * r['gflops'] / gf:.0f}%"
         comp = "" if r["compile_s"] is None else f"{r['compile_s']:.1f}"
         diff = "" if r["diff"] is None else f"{r['diff']:.1e}"
         print(f"| {r['model']} | {r['workload']} | {r['variant']} | {r['per_s']:.1f} | "
-              f"| {comp} | {pct} | {diff} | {r['note']} |")  # fmt: skip
+              f"{comp} | {pct} | {diff} | {r['note']} |")  # fmt: skip
     print("\nSpeedups (jax kernel items/s / torch items/s):")
     print(
         "| model | workload | jax kernel | baseline | baseline items/s | speedup | note |"
