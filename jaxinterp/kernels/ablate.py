@@ -31,8 +31,8 @@ from ..edits import Replace
 from ..model import Transformer
 from ..taps import every_layer
 from ._stream import chunks, head_rows, pad_rows, padded_slice, progress, tail_shape
-from .layers import embed, forward_layers, unembed
-from .run import check_tokens, kv_names
+from .layers import clean_prefix, forward_layers, unembed
+from .run import check_tokens
 
 __all__ = ["ablation_sweep", "unit_mask", "first_edited"]
 
@@ -72,30 +72,12 @@ def _position_mask(positions, n_pos: int) -> np.ndarray:
     return mask
 
 
-def _clean_prefix(model, tokens, L, p0):
-    """Residual entering layer L at positions >= p0, and the cache of layers >= L at
-    positions < p0 (None when p0 == 0)."""
-    x = embed(model, tokens)
-    if L > 0:
-        x, _ = forward_layers(model, x, 0, L, logits=False)
-    if p0 == 0:
-        return x, None
-    k_names, v_names = kv_names(model.cfg)
-    names = frozenset(k_names[L:] + v_names[L:])
-    _, rec = forward_layers(model, x[:p0], L, capture=names, logits=False)
-    kv = (
-        jnp.stack([rec[n] for n in k_names[L:]]),
-        jnp.stack([rec[n] for n in v_names[L:]]),
-    )
-    return x[p0:], kv
-
-
 @eqx.filter_jit
 def _ablate_chunk(model, tokens, masks, values, pos_mask, margs, tap, L, p0, metric):
     tail = tail_shape(tap, model.cfg)
 
     def per_prompt(tokens, values, margs):
-        x, kv = _clean_prefix(model, tokens, L, p0)
+        x, kv = clean_prefix(model, tokens, L, p0)
 
         def per_set(mask):
             where = unit_mask(mask, tail) & pos_mask.reshape(1, -1, *(1,) * len(tail))

@@ -270,7 +270,7 @@ def operand_grid(
         shape = (n_a, n_b, *item_shape)
         if out is not None:
             result, done, finish = _open_output(os.fspath(out), shape)
-            if result is not None and finish is None:
+            if finish is None:
                 return result  # already complete
         else:
             result, finish = np.empty(shape, np.float32), None
@@ -309,8 +309,8 @@ def operand_grid(
                 k,
             )
 
-    # Dispatch is asynchronous: block i + 1 is launched before block i is copied to the
-    # host, so the copy overlaps the next block's compute.
+    # Block i + 1 is dispatched before block i is copied to the host, so that where
+    # dispatch is asynchronous (GPUs) the copy overlaps the next block's compute.
     todo = [blk for blk in blocks if _flat(blk, n_b)[1] > done]  # resume
     pending = None
     for block in progress(todo, len(todo), "operand grid", progress_bar):

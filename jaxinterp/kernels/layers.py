@@ -22,8 +22,9 @@ from .._typing import Array, Float, Int
 from ..edits import AbstractEdit
 from ..model import Transformer
 from ..taps import Taps, parse
+from .run import kv_names
 
-__all__ = ["embed", "forward_layers", "unembed", "slice_kv"]
+__all__ = ["embed", "forward_layers", "unembed", "slice_kv", "clean_prefix"]
 
 
 def embed(
@@ -130,3 +131,22 @@ def forward_layers(
         layer, suffix = parse(name, sub)
         records[name if layer is None else f"blocks.{layer + start}.{suffix}"] = value
     return x, records
+
+
+def clean_prefix(model: Transformer, tokens: Int[Array, " pos"], L: int, p0: int):
+    """The clean run's residual entering layer `L` at positions `>= p0`, and its cache of
+    layers `>= L` at positions `< p0` (None when `p0 == 0`): the shared start of sweeps
+    that edit nothing below layer `L` or before position `p0`."""
+    x = embed(model, tokens)
+    if L > 0:
+        x, _ = forward_layers(model, x, 0, L, logits=False)
+    if p0 == 0:
+        return x, None
+    k_names, v_names = kv_names(model.cfg)
+    names = frozenset(k_names[L:] + v_names[L:])
+    _, rec = forward_layers(model, x[:p0], L, capture=names, logits=False)
+    kv = (
+        jnp.stack([rec[n] for n in k_names[L:]]),
+        jnp.stack([rec[n] for n in v_names[L:]]),
+    )
+    return x[p0:], kv

@@ -39,8 +39,8 @@ from ._stream import (
     stacked_names,
     tail_shape,
 )
-from .ablate import _clean_prefix, unit_mask
-from .layers import embed, forward_layers, unembed
+from .ablate import unit_mask
+from .layers import clean_prefix, embed, forward_layers, unembed
 from .run import check_tokens, kv_names
 
 __all__ = ["activation_patching", "patch_cells", "path_patching", "layer_groups"]
@@ -216,7 +216,7 @@ def _cells_chunk(model, base, source, cells, margs, tap, L, p0, metric):
     def per_prompt(base, source, margs):
         _, src, _ = _stacked(model, source, (tap,))
         src = src[tap][L:, p0:]
-        x, kv = _clean_prefix(model, base, L, p0)
+        x, kv = clean_prefix(model, base, L, p0)
 
         def per_cell(cell):
             where = _cell_mask(cell - offset, cfg.n_layers - L, n_pos, tail)
