@@ -26,9 +26,8 @@ from jaxinterp.store import load_model, save_model
 class Facts:
     """What each checkpoint must look like, and where its numbers must land."""
 
-    shape: tuple[
-        int, ...
-    ]  # n_layers, d_model, n_heads, n_kv_heads, d_head, d_mlp, d_vocab
+    # n_layers, d_model, n_heads, n_kv_heads, d_head, d_mlp, d_vocab
+    shape: tuple[int, ...]
     tied: bool
     qkv_bias: bool
     prompt_ids: tuple[int, ...]  # "226-68=": digits split one by one, no BOS
