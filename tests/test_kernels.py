@@ -342,21 +342,29 @@ def test_activation_patching(setup, tap, positions, groups):
                 assert close(cell, want), (l, p, u)
 
 
-@configs(TWO)
-def test_attribution_patching(setup):
+def ie_attribution(setup, taps, batch_size):
+    """Attribution scores of the paper's indirect effect, and the metric's arguments."""
     model, clean, corrupt, answer, wrong = setup
-    cfg = model.cfg
-    clean_logits = last_logits(model, clean)
-    margs = (clean_logits, answer, wrong)
+    margs = (last_logits(model, clean), answer, wrong)
     scores = attribution.attribution_patching(
         model,
         clean,
         corrupt,
         metric=metrics.indirect_effect,
         metric_args=margs,
-        taps=("mlp.hook_post", "attn.hook_z"),
-        batch_size=2,
+        taps=taps,
+        batch_size=batch_size,
         progress_bar=False,
+    )
+    return scores, margs
+
+
+@configs(TWO)
+def test_attribution_patching(setup):
+    model, clean, corrupt, answer, wrong = setup
+    cfg = model.cfg
+    scores, (clean_logits, *_) = ie_attribution(
+        setup, ("mlp.hook_post", "attn.hook_z"), batch_size=2
     )
 
     # naive: grad through `run` with per-layer zero Add edits, one prompt at a time
@@ -385,17 +393,8 @@ def test_attribution_patching(setup):
 def test_attribution_vs_exact(setup):
     model, clean, corrupt, answer, wrong = setup
     cfg = model.cfg
-    clean_logits = last_logits(model, clean)
-    margs = (clean_logits, answer, wrong)
-    scores = attribution.attribution_patching(
-        model,
-        clean,
-        corrupt,
-        metric=metrics.indirect_effect,
-        metric_args=margs,
-        batch_size=5,
-        progress_bar=False,
-    )
+    scores, margs = ie_attribution(setup, ("mlp.hook_post",), batch_size=5)
+    clean_logits = margs[0]
     # exact patching of single neurons against plain run, and the validator
     rng = np.random.default_rng(3)
     cells = np.stack(
