@@ -6,9 +6,10 @@
 
 Same random weights everywhere: a random HF model (from its config, no download) is saved as
 safetensors, converted with `converters.from_pretrained`, and TransformerLens's
-`HookedTransformer` is built from a `HookedTransformerConfig` with the converted weights
-(TL and jaxinterp share parameter names and layouts). Logits of the three are checked to
-agree before timing, and every workload's outputs are compared across frameworks.
+`HookedTransformer` is built from the converted model by
+`converters.transformer_lens.to_transformer_lens` (TL and jaxinterp share parameter names and
+layouts). Logits of the three are checked to agree before timing, and every workload's
+outputs are compared across frameworks.
 
 Timings are wall-clock on this machine (shared with other jobs: noisy). JAX compile time is
 measured separately (first call minus a second identical call). Slow PyTorch baselines run on
@@ -32,7 +33,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import converters  # noqa: E402
+from converters.transformer_lens import to_transformer_lens  # noqa: E402
 from jaxinterp.kernels import ablate, attribution, grids, means, metrics, patch  # noqa: E402
+from jaxinterp.kernels.sweep import first_edited  # noqa: E402
 
 torch.set_num_threads(2)
 torch.set_grad_enabled(False)
@@ -67,55 +70,9 @@ def hf_config(name: str):
 
 
 def tl_model(model):
-    """A TransformerLens HookedTransformer with the converted model's weights."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    c = model.cfg
-    gqa = c.n_kv_heads != c.n_heads
-    tcfg = HookedTransformerConfig(
-        n_layers=c.n_layers, d_model=c.d_model, d_head=c.d_head, n_heads=c.n_heads,
-        d_mlp=c.d_mlp, d_vocab=c.d_vocab, n_ctx=min(c.n_ctx, 2048), act_fn=c.act_fn,
-        normalization_type="LN" if c.norm == "ln" else "RMS", eps=c.eps,
-        positional_embedding_type="standard" if c.positional == "learned" else "rotary",
-        rotary_dim=c.rotary_dim if c.positional == "rotary" else None,
-        rotary_base=c.rotary_base, rotary_adjacent_pairs=c.rotary_interleaved,
-        parallel_attn_mlp=c.parallel_residual, gated_mlp=c.gated_mlp,
-        n_key_value_heads=c.n_kv_heads if gqa else None, default_prepend_bos=False,
-        dtype=torch.float32, device="cpu",
-    )  # fmt: skip
-    tl = HookedTransformer(tcfg, move_to_device=False)
-    t = lambda a: torch.from_numpy(np.array(a, np.float32))
-    b = model.blocks
-    sd = {"embed.W_E": t(model.embed.W_E), "unembed.W_U": t(model.unembed.W_U)}
-    sd["unembed.b_U"] = t(model.unembed.b_U)
-    sd["ln_final.w"] = t(model.ln_final.w)
-    if c.norm == "ln":
-        sd["ln_final.b"] = t(model.ln_final.b)
-    if model.pos_embed is not None:
-        sd["pos_embed.W_pos"] = t(model.pos_embed.W_pos[: tcfg.n_ctx])
-    kv = "_" if gqa else ""
-    for l in range(c.n_layers):
-        p = f"blocks.{l}."
-        for ln in ("ln1", "ln2"):
-            sd[p + ln + ".w"] = t(getattr(b, ln).w[l])
-            if c.norm == "ln":
-                sd[p + ln + ".b"] = t(getattr(b, ln).b[l])
-        a = b.attn
-        sd |= {
-            p + "attn.W_Q": t(a.W_Q[l]), p + f"attn.{kv}W_K": t(a.W_K[l]),
-            p + f"attn.{kv}W_V": t(a.W_V[l]), p + "attn.W_O": t(a.W_O[l]),
-            p + "attn.b_Q": t(a.b_Q[l]), p + f"attn.{kv}b_K": t(a.b_K[l]),
-            p + f"attn.{kv}b_V": t(a.b_V[l]), p + "attn.b_O": t(a.b_O[l]),
-            p + "mlp.W_in": t(b.mlp.W_in[l]), p + "mlp.b_in": t(b.mlp.b_in[l]),
-            p + "mlp.W_out": t(b.mlp.W_out[l]), p + "mlp.b_out": t(b.mlp.b_out[l]),
-        }  # fmt: skip
-        if c.gated_mlp:
-            sd[p + "mlp.W_gate"] = t(b.mlp.W_gate[l])
-    missing, unexpected = tl.load_state_dict(sd, strict=False)
-    params = {n for n, _ in tl.named_parameters()}
-    assert not (set(missing) & params), sorted(set(missing) & params)
-    assert not unexpected, unexpected
-    return tl.eval()
+    """A TransformerLens HookedTransformer with the converted model's weights (float32, no
+    weight processing, no BOS prepending)."""
+    return to_transformer_lens(model, dtype=torch.float32)
 
 
 HF_POST = {  # module whose *input* is mlp.hook_post
@@ -408,7 +365,7 @@ def w2_ablation(name, model, tl, n_sets, n_prompts, tl_items):
     (logit, arg), t, c = jax_timed(
         ablate.ablation_sweep, model, toks, masks, warm=warm, **kw
     )
-    L = ablate.first_edited(masks, 1)
+    L = first_edited(masks, 1)
     items = n_sets * n_prompts
     flops = items * (
         layer_flops(cfg) * (cfg.n_layers - L) + 2 * cfg.d_model * cfg.d_vocab
@@ -452,8 +409,9 @@ def w2_ablation(name, model, tl, n_sets, n_prompts, tl_items):
         return torch.cat(outs).reshape(sets, m, 2)
 
     out, t = timed(tl_run)
-    diff = float(np.abs(out[..., 0].numpy() - np.asarray(logit)[:sets, :m]).max())
-    agree = float((out[..., 1].numpy() == np.asarray(arg)[:sets, :m]).mean())
+    # kernel results are [prompt, set]
+    diff = float(np.abs(out[..., 0].numpy() - np.asarray(logit).T[:sets, :m]).max())
+    agree = float((out[..., 1].numpy() == np.asarray(arg).T[:sets, :m]).mean())
     note = f"{sets}x{m} of {n_sets}x{n_prompts}; argmax agree {agree:.3f}"
     record(name, "W2", "TL run_with_hooks per set", sets * m, t, note=note, diff=diff)
 
@@ -530,7 +488,7 @@ def w3_patching(name, model, tl, n_pairs, tl_cells):
 
     out, t = timed(tl_run)
     want = np.stack(
-        [np.asarray(got)[cells[i][0], cells[i][1], cells[i][2]] for i in pick]
+        [np.asarray(got)[:, cells[i][0], cells[i][1], cells[i][2]] for i in pick]
     )
     diff = float(np.abs(out.numpy() - want).max())
     note = f"{len(pick)} of {n_cells} cells"
@@ -619,9 +577,9 @@ def w4_attribution(name, model, tl, n_pairs, n_sample):
         return torch.stack(out)
 
     out, t = timed(tl_exact)
-    logits = np.asarray(means.last_logits(model, clean))
+    logits = np.asarray(means.answer_logits(model, clean))
     base_m = logits[np.arange(n_pairs), ans] - logits[np.arange(n_pairs), wrong]
-    diff = float(np.abs(out.numpy() - base_m[None] - np.asarray(rep["exact"])).max())
+    diff = float(np.abs(out.numpy() - base_m[None] - np.asarray(rep["exact"]).T).max())
     record(
         name,
         "W4",

@@ -53,12 +53,44 @@ _DTYPES = {
 }
 _CODES = {v: k for k, v in _DTYPES.items()}
 
+# The parameter dtypes a model may be loaded in, and checkpoint tensors may hold.
+FLOAT_DTYPES = tuple(
+    np.dtype(t) for t in (np.float16, ml_dtypes.bfloat16, np.float32, np.float64)
+)
+
+
+def float_dtype(dtype: Any) -> np.dtype:
+    """`dtype` as a numpy dtype, if it is one a model can be loaded in.
+
+    Arguments:
+        dtype: e.g. `"bfloat16"`, `jnp.float32`, `np.dtype("float16")`.
+
+    Raises:
+        ConversionError: not a dtype, or not float16 / bfloat16 / float32 / float64 (an
+            integer model would silently compute garbage).
+    """
+    try:
+        out = jnp.dtype(dtype)
+    except TypeError:
+        raise ConversionError(f"requested dtype {dtype!r} is not a dtype") from None
+    if out not in FLOAT_DTYPES:
+        raise ConversionError(
+            f"requested dtype {out} is not a floating dtype; use one of "
+            f"{', '.join(map(str, FLOAT_DTYPES))}"
+        )
+    return out
+
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Memory-maps every tensor of a `.safetensors` file (read-only, nothing loaded yet).
 
+    The header is checked as the format specifies: a JSON object of entries
+    `{"dtype", "shape", "data_offsets"}` with non-negative integer shapes and offsets whose
+    byte ranges tile the data section exactly (no gaps, overlaps or bytes outside it).
+
     Raises:
-        ConversionError: the file is truncated, its header is corrupt, or a dtype is unknown.
+        ConversionError: the file is truncated, its header is corrupt, or a dtype is unknown;
+            the message names the file (and the tensor).
     """
     path = Path(path)
     size = path.stat().st_size
@@ -75,29 +107,82 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ConversionError(f"{path}: corrupt safetensors header ({e})") from None
+    if not isinstance(header, dict):
+        raise ConversionError(
+            f"{path}: corrupt safetensors header (a JSON {type(header).__name__}, not an "
+            "object)"
+        )
     header.pop("__metadata__", None)
-    data_start = 8 + n
-    out = {}
+    data_start, data_size = 8 + n, size - 8 - n
+    entries = []
     for key, info in header.items():
-        try:
-            dtype = _DTYPES[info["dtype"]]
-            shape = tuple(info["shape"])
-            begin, end = info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
+        entries.append((key, *_header_entry(path, key, info)))
+    # The data section must be tiled exactly, in offset order: otherwise two tensors share
+    # bytes, or a tensor reads bytes that belong to none.
+    end_of_previous = 0
+    for key, _, _, begin, end in sorted(entries, key=lambda e: (e[3], e[4])):
+        if begin != end_of_previous:
             raise ConversionError(
-                f"{path}: bad header entry for {key!r}: {info}"
-            ) from None
-        if end - begin != math.prod(shape) * dtype.itemsize:
-            raise ConversionError(
-                f"{path}: {key!r} has {end - begin} bytes for {shape} {dtype}"
+                f"{path}: bad data_offsets for {key!r}: [{begin}, {end}] "
+                + (
+                    f"overlaps the previous tensor (which ends at {end_of_previous})"
+                    if begin < end_of_previous
+                    else f"leaves a gap after byte {end_of_previous}"
+                )
             )
-        if data_start + end > size:
-            raise ConversionError(
-                f"{path}: truncated: tensor {key!r} ends at byte {data_start + end} but the "
-                f"file has {size} bytes"
-            )
-        out[key] = np.memmap(path, dtype, "r", data_start + begin, shape, order="C")
+        end_of_previous = end
+    if end_of_previous > data_size:
+        raise ConversionError(
+            f"{path}: truncated: tensors end at byte {data_start + end_of_previous} but the "
+            f"file has {size} bytes"
+        )
+    if end_of_previous < data_size:
+        raise ConversionError(
+            f"{path}: corrupt: {data_size - end_of_previous} bytes after the last tensor"
+        )
+    out = {}
+    for key, dtype, shape, begin, _ in entries:
+        if math.prod(shape) == 0:  # np.memmap cannot map zero bytes
+            out[key] = np.zeros(shape, dtype)
+        else:
+            out[key] = np.memmap(path, dtype, "r", data_start + begin, shape, order="C")
     return out
+
+
+def _header_entry(path: Path, key: str, info: Any) -> tuple[np.dtype, tuple, int, int]:
+    """(dtype, shape, begin, end) of one safetensors header entry, strictly checked."""
+
+    def bad(why: str) -> ConversionError:
+        return ConversionError(
+            f"{path}: bad header entry for {key!r} ({why}): {info!r}"
+        )
+
+    if not isinstance(info, dict):
+        raise bad("not an object")
+    for field in ("dtype", "shape", "data_offsets"):
+        if field not in info:
+            raise bad(f"no {field!r}")
+    if info["dtype"] not in _DTYPES:
+        raise bad(f"unknown dtype {info['dtype']!r}; known: {', '.join(_DTYPES)}")
+    dtype = _DTYPES[info["dtype"]]
+    shape, offsets = info["shape"], info["data_offsets"]
+    if not isinstance(shape, list) or not all(_is_index(d) for d in shape):
+        raise bad("shape must be a list of non-negative integers")
+    if not (
+        isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_index, offsets))
+    ):
+        raise bad("data_offsets must be two non-negative integers")
+    begin, end = offsets
+    if end - begin != math.prod(shape) * dtype.itemsize:
+        raise bad(
+            f"{end - begin} bytes for shape {tuple(shape)} of {info['dtype']} "
+            f"({math.prod(shape) * dtype.itemsize} bytes)"
+        )
+    return dtype, tuple(shape), begin, end
+
+
+def _is_index(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
 def write_safetensors(
@@ -132,21 +217,51 @@ def write_safetensors(
         raise
 
 
+def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON file that must hold an object (`config.json`, an index, ...).
+
+    Raises:
+        ConversionError: the file is not UTF-8 JSON, or holds something other than an
+            object; the message names the file.
+    """
+    try:
+        value = json.loads(Path(path).read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConversionError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise ConversionError(
+            f"{path}: expected a JSON object, got a {type(value).__name__}"
+        )
+    return value
+
+
 def read_checkpoint(directory: str | os.PathLike) -> dict[str, np.ndarray]:
     """All tensors of an HF checkpoint directory, memory-mapped where possible.
 
     Reads `model.safetensors`, or the shards listed in `model.safetensors.index.json`; falls
     back to `pytorch_model.bin` only through `torch.load(weights_only=True)` when torch is
     installed (never a plain unpickle).
+
+    Raises:
+        ConversionError: no weights, or a malformed file (named in the message).
     """
     d = Path(directory)
     if (d / "model.safetensors").exists():
         return read_safetensors(d / "model.safetensors")
     index = d / "model.safetensors.index.json"
     if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = read_json_object(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(v, str) for v in weight_map.values()
+        ):
+            raise ConversionError(
+                f"{index}: 'weight_map' must be an object mapping tensor names to shard "
+                f"files, got {type(weight_map).__name__}"
+            )
         out = {}
         for shard in sorted(set(weight_map.values())):
+            if not (d / shard).is_file():
+                raise ConversionError(f"{index}: shard {shard!r} is missing from {d}")
             tensors = read_safetensors(d / shard)
             for key, arr in tensors.items():
                 if weight_map.get(key) != shard:
@@ -175,13 +290,35 @@ def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
             f"{path}: a pytorch_model.bin needs torch to read safely; install torch or "
             "convert the checkpoint to safetensors"
         ) from None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    # a corrupt or truncated file, a refused (unsafe) pickle, ...
+    except Exception as e:
+        raise ConversionError(
+            f"{path}: cannot be read with torch.load(weights_only=True): "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    if not isinstance(state, dict):
+        raise ConversionError(
+            f"{path}: expected a state dict (tensor name -> tensor), got a "
+            f"{type(state).__name__}"
+        )
     out = {}
     for key, t in state.items():
+        if not isinstance(key, str) or not isinstance(t, torch.Tensor):
+            raise ConversionError(
+                f"{path}: not a state dict: entry {key!r} is a {type(t).__name__}, not a "
+                "tensor"
+            )
         if t.dtype == torch.bfloat16:
             out[key] = t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
         else:
-            out[key] = t.numpy()
+            try:
+                out[key] = t.numpy()
+            except (TypeError, RuntimeError) as e:  # e.g. float8, or a sparse tensor
+                raise ConversionError(
+                    f"{path}: tensor {key!r} ({t.dtype}) has no numpy equivalent: {e}"
+                ) from None
     return out
 
 
@@ -234,24 +371,186 @@ def check_config(
         raise ConversionError(f"unsupported config field {key!r} = {value!r}")
 
 
-def rope_parameters(hf: Mapping[str, Any]) -> dict[str, Any]:
+_REQUIRED = object()
+
+
+def _config_value(
+    hf: Mapping[str, Any], key: str, default: Any, nullable: bool, name: str | None
+) -> tuple[bool, Any]:
+    """`(True, value)` for a given field, `(False, default)` for an absent one."""
+    if key not in hf or (nullable and hf[key] is None):
+        if default is _REQUIRED:
+            raise ConversionError(f"required config field {name or key!r} is missing")
+        return False, default
+    if hf[key] is None:
+        raise ConversionError(f"config field {name or key!r} is null")
+    return True, hf[key]
+
+
+def config_int(
+    hf: Mapping[str, Any],
+    key: str,
+    default: Any = _REQUIRED,
+    *,
+    nullable: bool = False,
+    minimum: int = 1,
+    name: str | None = None,
+) -> Any:
+    """An integer field of an HF config, checked: `hf[key]` must be an int >= `minimum`.
+
+    Arguments:
+        hf: the parsed `config.json`.
+        key: the field.
+        default: returned when the field is absent (or null, if `nullable`); without one,
+            an absent field is an error.
+        nullable: null means "use the default" (as in HF, e.g. `n_inner`, `head_dim`);
+            otherwise a null value is an error.
+        minimum: smallest valid value (sizes must be positive).
+        name: how messages name the field (default: `key`).
+
+    Raises:
+        ConversionError: naming the field.
+    """
+    given, value = _config_value(hf, key, default, nullable, name)
+    if not given:
+        return value
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConversionError(
+            f"config field {name or key!r} must be an integer, got {value!r}"
+        )
+    if value < minimum:
+        raise ConversionError(
+            f"config field {name or key!r} must be >= {minimum}, got {value}"
+        )
+    return value
+
+
+def config_float(
+    hf: Mapping[str, Any],
+    key: str,
+    default: Any = _REQUIRED,
+    *,
+    nullable: bool = False,
+    name: str | None = None,
+) -> Any:
+    """A finite, positive number field of an HF config (epsilons, RoPE bases, factors).
+
+    Raises:
+        ConversionError: naming the field.
+    """
+    given, value = _config_value(hf, key, default, nullable, name)
+    if not given:
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConversionError(
+            f"config field {name or key!r} must be a number, got {value!r}"
+        )
+    if not (math.isfinite(value) and value > 0):
+        raise ConversionError(
+            f"config field {name or key!r} must be finite and positive, got {value!r}"
+        )
+    return float(value)
+
+
+def config_bool(hf: Mapping[str, Any], key: str, default: bool) -> bool:
+    """A true/false field of an HF config (a string such as "false" is an error)."""
+    _, value = _config_value(hf, key, default, False, None)
+    if not isinstance(value, bool):
+        raise ConversionError(
+            f"config field {key!r} must be true or false, got {value!r}"
+        )
+    return value
+
+
+def config_str(hf: Mapping[str, Any], key: str, default: str) -> str:
+    """A string field of an HF config (e.g. an activation name)."""
+    _, value = _config_value(hf, key, default, False, None)
+    if not isinstance(value, str):
+        raise ConversionError(f"config field {key!r} must be a string, got {value!r}")
+    return value
+
+
+def head_dim(hf: Mapping[str, Any], hidden_key: str, heads_key: str) -> int:
+    """`hidden // heads`, refusing a width that the heads do not divide (HF refuses it too)."""
+    d, h = config_int(hf, hidden_key), config_int(hf, heads_key)
+    if d % h:
+        raise ConversionError(
+            f"config field {hidden_key!r} = {d} is not a multiple of {heads_key!r} = {h}"
+        )
+    return d // h
+
+
+class RopeParameters(dict):
+    """RoPE settings (`rope_type`, `rope_theta`, ...) that remember which config field each
+    came from, so that an error names it (`rope_parameters.factor`, `rotary_pct`, ...)."""
+
+    def __init__(self, values: Mapping[str, Any], field: str):
+        super().__init__(values)
+        self.field = field
+        self.names: dict[str, str] = {}
+
+    def name(self, key: str) -> str:
+        return self.names.get(key, f"{self.field}.{key}")
+
+    def number(self, key: str, default: Any = _REQUIRED) -> float:
+        """A finite positive number of the RoPE settings; an error names its field."""
+        return config_float(self, key, default, name=self.name(key))
+
+    def integer(self, key: str, default: Any = _REQUIRED) -> int:
+        """A positive integer of the RoPE settings; an error names its field."""
+        return config_int(self, key, default, name=self.name(key))
+
+
+def rope_parameters(hf: Mapping[str, Any]) -> RopeParameters:
     """RoPE settings from either transformers 5 (`rope_parameters`) or 4 (`rope_theta` plus
-    `rope_scaling`) configs."""
-    if "rope_parameters" in hf and hf["rope_parameters"] is not None:
-        params = dict(hf["rope_parameters"])
-    else:
-        params = dict(hf.get("rope_scaling") or {})
-        if "type" in params:
-            params["rope_type"] = params.pop("type")
-        if "rope_theta" in hf:
-            params["rope_theta"] = hf["rope_theta"]
-        if "partial_rotary_factor" in hf:
-            params["partial_rotary_factor"] = hf["partial_rotary_factor"]
-        if "rotary_pct" in hf:
-            params["partial_rotary_factor"] = hf["rotary_pct"]
-        if "rotary_emb_base" in hf:
-            params["rope_theta"] = hf["rotary_emb_base"]
-    params.setdefault("rope_type", "default")
+    `rope_scaling`) configs.
+
+    As transformers does, the dict's own values win and the top-level legacy fields
+    (`rotary_emb_base`, `rope_theta`, `rotary_pct`, `partial_rotary_factor`) fill in what it
+    lacks; `rope_type` wins over the legacy `type`.
+
+    Raises:
+        ConversionError: `rope_parameters` / `rope_scaling` is not an object, both are given
+            and differ, or `rope_type` is not a string.
+    """
+    given = {
+        k: hf[k] for k in ("rope_parameters", "rope_scaling") if hf.get(k) is not None
+    }
+    for key, value in given.items():
+        if not isinstance(value, dict):
+            raise ConversionError(
+                f"config field {key!r} must be an object, got {value!r}"
+            )
+    if len(given) == 2 and given["rope_parameters"] != given["rope_scaling"]:
+        raise ConversionError(
+            "config fields 'rope_parameters' and 'rope_scaling' are both given and differ"
+        )
+    field = next(iter(given), "rope_parameters")
+    params = RopeParameters(given.get(field, {}), field)
+    legacy_type = params.pop("type", None)
+    params.setdefault("rope_type", legacy_type or "default")
+    if not isinstance(params["rope_type"], str):
+        raise ConversionError(
+            f"config field {params.name('rope_type')!r} must be a string, got "
+            f"{params['rope_type']!r}"
+        )
+    for target, legacy in (
+        ("rope_theta", ("rotary_emb_base", "rope_theta")),
+        ("partial_rotary_factor", ("rotary_pct", "partial_rotary_factor")),
+    ):
+        for key in legacy:
+            if target not in params and hf.get(key) is not None:
+                params[target] = hf[key]
+                params.names[target] = key
+    if "rope_theta" in params:
+        params.number("rope_theta")
+    if "partial_rotary_factor" in params:
+        factor = params.number("partial_rotary_factor")
+        if factor > 1:
+            raise ConversionError(
+                f"config field {params.name('partial_rotary_factor')!r} must be in (0, 1], "
+                f"got {factor}"
+            )
     return params
 
 
@@ -308,6 +607,33 @@ def _used(pattern: str, sizes: dict[str, int]) -> dict[str, int]:
     return {k: v for k, v in sizes.items() if k in names}
 
 
+def _hf_shape(entry: Entry, ours: tuple[int, ...]) -> tuple[int, ...]:
+    """The HF-layout shape that `entry`'s pattern turns into `ours` (one part's shape).
+
+    Computed from the pattern, so a wrongly shaped tensor is reported (naming its key)
+    before einops ever sees it.
+    """
+    lhs, rhs = (side.strip() for side in entry.pattern.split("->"))
+    if rhs == "...":
+        return ours
+    axes = rhs.split()
+    if "(" in rhs or len(axes) != len(ours) + (not isinstance(entry.ours, str)):
+        raise AssertionError(f"unsupported table pattern {entry.pattern!r}")
+    full = ours if isinstance(entry.ours, str) else (len(entry.paths), *ours)
+    size = dict(zip(axes, full, strict=True))
+    groups = re.findall(r"\(([^)]*)\)|(\w+)", lhs)
+    return tuple(math.prod(size[a] for a in (g or n).split()) for g, n in groups)
+
+
+def _nonfinite(key: str, arr: Any, dtype: np.dtype) -> str:
+    """Why `key` is refused, for the error message (only runs on the error path)."""
+    src = np.asarray(arr)
+    n_nan, n_inf = int(np.isnan(src).sum()), int(np.isinf(src).sum())
+    if n_nan or n_inf:
+        return f"{key} ({n_nan} NaN, {n_inf} Inf of {src.size})"
+    return f"{key} (finite, but overflows {dtype}: max |w| = {np.abs(src).max()})"
+
+
 def load_params(
     tensors: Mapping[str, np.ndarray],
     cfg: TransformerConfig,
@@ -319,18 +645,22 @@ def load_params(
     """Builds a `Transformer` from HF tensors through a key table.
 
     The skeleton comes from `eqx.filter_eval_shape`, so no random weights are allocated; each
-    stacked parameter is filled layer by layer from the (memory-mapped) checkpoint.
+    stacked parameter is filled layer by layer from the (memory-mapped) checkpoint. Every
+    tensor is checked as it is read (once, one at a time): a floating dtype, the shape the
+    config implies (before any reshape), and finite values after the cast to `dtype`.
 
     Arguments:
         tensors: HF key -> array (memory-mapped or lazily dequantized is fine).
         cfg: the converted config.
         table: the family's key table.
-        dtype: parameter dtype; default: the dtype of the first table tensor (the embedding).
+        dtype: parameter dtype (a floating dtype); default: the dtype of the first table
+            tensor (the embedding).
         post: optional `dict[path, array] -> None` hook that fills parameters the table
             cannot express (GPT-J's shared norm, tied unembedding).
 
     Raises:
-        ConversionError: missing or unexpected keys, shape mismatches.
+        ConversionError: missing or unexpected keys, a non-float tensor or requested dtype,
+            shape mismatches, non-finite weights; each names the key(s).
     """
     expected = set()
     for e in table:
@@ -346,32 +676,55 @@ def load_params(
         raise ConversionError(f"checkpoint has unexpected keys: {unexpected[:8]}")
 
     if dtype is None:
-        dtype = np.asarray(tensors[table[0].hf.format(l=0)]).dtype
-    dtype = np.dtype(dtype)
+        first = table[0].hf.format(l=0)
+        dtype = _checked_dtype(first, np.asarray(tensors[first]))
+    dtype = float_dtype(dtype)
     skeleton = eqx.filter_eval_shape(
         init_transformer, cfg, jax.random.key(0), dtype=dtype
     )
     shapes = {k: v.shape for k, v in _leaf_paths(skeleton).items()}
     sizes = axis_sizes(cfg)
     values: dict[str, np.ndarray] = {}
+    bad: list[str] = []  # keys with non-finite values
     for e in table:
         layers = range(cfg.n_layers) if e.per_layer else [None]
+        want = shapes[e.paths[0]][1:] if e.per_layer else shapes[e.paths[0]]
+        hf_want = _hf_shape(e, want)
         for layer in layers:
             key = e.hf.format(l=layer)
-            parts = _hf_to_ours(tensors[key], e, sizes)
+            arr = tensors[key]
+            _checked_dtype(key, arr)
+            if tuple(np.shape(arr)) != hf_want:
+                raise ConversionError(
+                    f"{key}: shape {tuple(np.shape(arr))}, expected {hf_want} (for "
+                    f"{', '.join(e.paths)} of this config)"
+                )
+            parts = _hf_to_ours(arr, e, sizes)
+            finite = True
             for path, part in zip(e.paths, parts, strict=True):
                 want = shapes[path][1:] if e.per_layer else shapes[path]
-                if part.shape != want:
+                if part.shape != want:  # a table bug, not a bad file
                     raise ConversionError(
-                        f"{key}: shape {tuple(np.shape(tensors[key]))} gives {part.shape} for "
+                        f"{key}: shape {tuple(np.shape(arr))} gives {part.shape} for "
                         f"{path}, expected {want}"
                     )
-                if layer is None:
-                    values[path] = part.astype(dtype)
-                else:
-                    if layer == 0:
-                        values[path] = np.empty(shapes[path], dtype)
-                    values[path][layer] = part
+                # an overflowing cast (1e5 -> float16) is reported below, not warned about
+                with np.errstate(over="ignore"):
+                    if layer is None:
+                        values[path] = out = part.astype(dtype)
+                    else:
+                        if layer == 0:
+                            values[path] = np.empty(shapes[path], dtype)
+                        values[path][layer] = part
+                        out = values[path][layer]
+                finite = finite and bool(np.isfinite(out).all())
+            if not finite:
+                bad.append(_nonfinite(key, arr, dtype))
+    if bad:
+        more = f" and {len(bad) - 8} more" if len(bad) > 8 else ""
+        raise ConversionError(
+            f"checkpoint has non-finite weights (NaN/Inf): {'; '.join(bad[:8])}{more}"
+        )
     if post is not None:
         post(values)
     leaves = []
@@ -385,6 +738,19 @@ def load_params(
         else:
             raise ConversionError(f"converter table leaves {name} unset")
     return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def _checked_dtype(key: str, arr: Any) -> np.dtype:
+    """The dtype of checkpoint tensor `key`, which must be floating (an integer tensor
+    would be cast to float silently and compute garbage)."""
+    dtype = getattr(arr, "dtype", None)
+    dtype = np.dtype(np.asarray(arr).dtype if dtype is None else dtype)
+    if dtype not in FLOAT_DTYPES:
+        raise ConversionError(
+            f"{key}: dtype {dtype} is not a floating dtype (expected one of "
+            f"{', '.join(map(str, FLOAT_DTYPES))})"
+        )
+    return dtype
 
 
 def export_params(

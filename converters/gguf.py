@@ -39,6 +39,8 @@ import gguf
 import numpy as np
 from gguf.quants import dequantize
 
+from ._common import float_dtype
+
 # GGUF `general.architecture` -> HF `architectures[0]`, `model_type`.
 SUPPORTED_ARCHITECTURES: dict[str, tuple[str, str]] = {
     "llama": ("LlamaForCausalLM", "llama"),
@@ -212,7 +214,8 @@ def read_gguf(
 
     Arguments:
         path: the `.gguf` file.
-        dtype: cast each tensor to this after dequantizing to float32 (default: float32).
+        dtype: cast each tensor to this floating dtype after dequantizing to float32
+            (default: float32).
 
     Returns:
         `(config, tensors)`. `config` is the dict transformers would write in `config.json`
@@ -222,8 +225,11 @@ def read_gguf(
 
     Raises:
         ValueError: unsupported architecture, unsupported metadata (e.g. RoPE scaling),
-            missing / unexpected / misshapen tensors, or a truncated or corrupt file.
+            missing, mistyped or impossible (e.g. zero) metadata values (naming the key),
+            missing / unexpected / misshapen / non-float tensors, a non-float `dtype`, or a
+            truncated or corrupt file.
     """
+    out_dtype = float_dtype(np.float32 if dtype is None else dtype)
     path = Path(path)
     reader = _open_reader(path)
     meta = dict(reader.fields)
@@ -269,7 +275,6 @@ def read_gguf(
             transforms[f"{prefix}.k_proj.weight"] = functools.partial(
                 unpermute_qk, n_head=n_kv
             )
-    out_dtype = np.dtype(np.float32 if dtype is None else dtype)
     return config, LazyTensors(path, tensors, transforms, out_dtype)
 
 
@@ -368,19 +373,65 @@ def _f32_decimal(x: float) -> float:
     return float(np.format_float_positional(np.float32(x), unique=True, trim="-"))
 
 
+def _meta_int(
+    meta: dict[str, Any], path: Path, key: str, default: Any = None, minimum: int = 1
+) -> int:
+    """An integer GGUF metadata value >= `minimum` (sizes must be positive)."""
+    value = _scalar(meta, path, key, default)
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ValueError(
+            f"{path}: GGUF metadata {key!r} must be an integer, got {value!r}"
+        )
+    if value < minimum:
+        raise ValueError(
+            f"{path}: GGUF metadata {key!r} must be >= {minimum}, got {value}"
+        )
+    return int(value)
+
+
+def _meta_float(
+    meta: dict[str, Any], path: Path, key: str, default: Any = None
+) -> float:
+    """A finite, positive number from GGUF metadata (epsilon, RoPE base)."""
+    value = _scalar(meta, path, key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+        raise ValueError(
+            f"{path}: GGUF metadata {key!r} must be a number, got {value!r}"
+        )
+    if not (np.isfinite(value) and value > 0):
+        raise ValueError(
+            f"{path}: GGUF metadata {key!r} must be finite and positive, got {value!r}"
+        )
+    return float(value)
+
+
 def _config_from_metadata(
     path: Path, arch: str, meta: dict[str, Any], tensors: dict[str, Any]
 ) -> dict[str, Any]:
+    # Every value is type- and range-checked here, naming the file and the key, so that no
+    # bad metadata surfaces later as a ZeroDivisionError or a shape error.
+    def size(key: str, default: Any = None, minimum: int = 1) -> int:
+        return _meta_int(meta, path, f"{arch}.{key}", default, minimum)
+
+    def number(key: str, default: Any = None) -> float:
+        return _meta_float(meta, path, f"{arch}.{key}", default)
+
     def get(key: str, default: Any = None) -> Any:
         return _scalar(meta, path, f"{arch}.{key}", default)
 
-    hidden = int(get("embedding_length"))
-    n_heads = int(get("attention.head_count"))
-    n_kv = int(get("attention.head_count_kv", n_heads))
-    head_dim = int(get("attention.key_length", hidden // n_heads))
-    if int(get("attention.value_length", head_dim)) != head_dim:
+    hidden = size("embedding_length")
+    n_heads = size("attention.head_count")
+    n_kv = size("attention.head_count_kv", n_heads)
+    if n_heads % n_kv:
+        raise ValueError(
+            f"{path}: GGUF metadata {arch}.attention.head_count ({n_heads}) is not a "
+            f"multiple of {arch}.attention.head_count_kv ({n_kv})"
+        )
+    # As llama.cpp and transformers: key_length, else embedding_length // head_count.
+    head_dim = size("attention.key_length", hidden // n_heads)
+    if size("attention.value_length", head_dim) != head_dim:
         raise ValueError(f"{path}: key_length != value_length is not supported")
-    if int(get("rope.dimension_count", head_dim)) != head_dim:
+    if size("rope.dimension_count", head_dim) != head_dim:
         raise ValueError(
             f"{path}: rope.dimension_count {get('rope.dimension_count')} != head_dim "
             f"{head_dim}; partial rotary is not supported"
@@ -388,18 +439,18 @@ def _config_from_metadata(
     scaling = get("rope.scaling.type", "none")
     if scaling != "none":
         raise ValueError(f"{path}: RoPE scaling {scaling!r} is not supported")
-    if int(get("expert_count", 0)) > 0:
+    if size("expert_count", 0, minimum=0) > 0:
         raise ValueError(f"{path}: mixture-of-experts models are not supported")
-    context = int(get("context_length"))
-    window = int(get("attention.sliding_window", 0))
+    context = size("context_length")
+    window = size("attention.sliding_window", 0, minimum=0)
     if 0 < window < context:  # a window as long as the context changes nothing
         raise ValueError(
             f"{path}: sliding-window attention ({window}) is not supported"
         )
 
     vocab = _hf_shape(tensors["token_embd.weight"])[0]
-    declared_vocab = get("vocab_size", vocab)
-    if int(declared_vocab) != vocab:
+    declared_vocab = size("vocab_size", vocab)
+    if declared_vocab != vocab:
         raise ValueError(
             f"{path}: {arch}.vocab_size is {declared_vocab} but token_embd has {vocab} rows"
         )
@@ -408,19 +459,19 @@ def _config_from_metadata(
         "architectures": [hf_arch],
         "model_type": model_type,
         "hidden_size": hidden,
-        "intermediate_size": int(get("feed_forward_length")),
-        "num_hidden_layers": int(get("block_count")),
+        "intermediate_size": size("feed_forward_length"),
+        "num_hidden_layers": size("block_count"),
         "num_attention_heads": n_heads,
         "num_key_value_heads": n_kv,
         "head_dim": head_dim,
-        "rms_norm_eps": _f32_decimal(get("attention.layer_norm_rms_epsilon")),
+        "rms_norm_eps": _f32_decimal(number("attention.layer_norm_rms_epsilon")),
         "max_position_embeddings": context,
         "vocab_size": vocab,
         # llama.cpp writes `output.weight` only when it differs from the embedding.
         "tie_word_embeddings": "output.weight" not in tensors,
         "rope_parameters": {
             "rope_type": "default",
-            "rope_theta": _f32_decimal(get("rope.freq_base", 10000.0)),
+            "rope_theta": _f32_decimal(number("rope.freq_base", 10000.0)),
         },
         "hidden_act": "silu",
     }

@@ -12,6 +12,11 @@ from ._common import (
     Entry,
     activation,
     check_config,
+    config_bool,
+    config_float,
+    config_int,
+    config_str,
+    head_dim,
     hf_activation,
     require_equal,
     tie_unembed,
@@ -80,20 +85,20 @@ def from_hf(hf: dict):
             "add_cross_attention": False,
         },
     )  # fmt: skip
-    d = hf["n_embd"]
+    d = config_int(hf, "n_embd")
     cfg = TransformerConfig(
         d_model=d,
-        n_layers=hf["n_layer"],
-        n_heads=hf["n_head"],
-        d_head=d // hf["n_head"],
-        d_mlp=hf.get("n_inner") or 4 * d,
-        d_vocab=hf["vocab_size"],
-        n_ctx=hf["n_positions"],
-        act_fn=activation(hf.get("activation_function", "gelu_new")),
+        n_layers=config_int(hf, "n_layer"),
+        n_heads=config_int(hf, "n_head"),
+        d_head=head_dim(hf, "n_embd", "n_head"),
+        d_mlp=config_int(hf, "n_inner", 4 * d, nullable=True),
+        d_vocab=config_int(hf, "vocab_size"),
+        n_ctx=config_int(hf, "n_positions"),
+        act_fn=activation(config_str(hf, "activation_function", "gelu_new")),
         norm="ln",
-        eps=hf.get("layer_norm_epsilon", 1e-5),
+        eps=config_float(hf, "layer_norm_epsilon", 1e-5),
         positional="learned",
-        tied_embeddings=hf.get("tie_word_embeddings", True),
+        tied_embeddings=config_bool(hf, "tie_word_embeddings", True),
     )
     return cfg, _table(cfg), tie_unembed if cfg.tied_embeddings else None
 

@@ -14,6 +14,10 @@ from ._common import (
     Entry,
     activation,
     check_config,
+    config_float,
+    config_int,
+    config_str,
+    head_dim,
     hf_activation,
     require_equal,
 )
@@ -56,21 +60,22 @@ def from_hf(hf: dict):
         ),
         fixed={"tie_word_embeddings": False},
     )  # fmt: skip
-    d, h = hf["n_embd"], hf["n_head"]
-    d_head = d // h
+    d, h = config_int(hf, "n_embd"), config_int(hf, "n_head")
+    d_head = head_dim(hf, "n_embd", "n_head")
     cfg = TransformerConfig(
         d_model=d,
-        n_layers=hf["n_layer"],
+        n_layers=config_int(hf, "n_layer"),
         n_heads=h,
         d_head=d_head,
-        d_mlp=hf.get("n_inner") or 4 * d,
-        d_vocab=hf["vocab_size"],
-        n_ctx=hf["n_positions"],
-        act_fn=activation(hf.get("activation_function", "gelu_new")),
+        d_mlp=config_int(hf, "n_inner", 4 * d, nullable=True),
+        d_vocab=config_int(hf, "vocab_size"),
+        n_ctx=config_int(hf, "n_positions"),
+        act_fn=activation(config_str(hf, "activation_function", "gelu_new")),
         norm="ln",
-        eps=hf.get("layer_norm_epsilon", 1e-5),
+        eps=config_float(hf, "layer_norm_epsilon", 1e-5),
         positional="rotary",
-        rotary_dim=hf.get("rotary_dim") or d_head,
+        # HF: null rotates whole heads; 0 would rotate nothing, which we refuse.
+        rotary_dim=config_int(hf, "rotary_dim", d_head, nullable=True),
         rotary_interleaved=True,
         parallel_residual=True,
     )

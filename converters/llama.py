@@ -16,6 +16,10 @@ from ._common import (
     Entry,
     activation,
     check_config,
+    config_bool,
+    config_float,
+    config_int,
+    config_str,
     hf_activation,
     require_equal,
     rope_parameters,
@@ -70,7 +74,10 @@ def from_hf(hf: dict):
             ignored=("sliding_window", "max_window_layers"),
             fixed={"use_sliding_window": False},
         )
-        if any(t != "full_attention" for t in hf.get("layer_types") or ()):
+        layer_types = hf.get("layer_types") or []
+        if not isinstance(layer_types, list) or any(
+            t != "full_attention" for t in layer_types
+        ):
             raise ConversionError(f"unsupported layer_types {hf['layer_types']!r}")
     else:
         check_config(
@@ -79,42 +86,53 @@ def from_hf(hf: dict):
             fixed={"mlp_bias": False, "pretraining_tp": 1},
         )
     rope = rope_parameters(hf)
+    n_ctx = config_int(hf, "max_position_embeddings")
     scaling = None
     if rope["rope_type"] == "llama3":
-        scaling = Llama3RopeScaling(
-            factor=float(rope["factor"]),
-            low_freq_factor=float(rope["low_freq_factor"]),
-            high_freq_factor=float(rope["high_freq_factor"]),
-            original_max_position=int(rope["original_max_position_embeddings"]),
-        )
+        factors = {
+            "factor": rope.number("factor"),
+            "low_freq_factor": rope.number("low_freq_factor"),
+            "high_freq_factor": rope.number("high_freq_factor"),
+            # transformers' default when the field is absent
+            "original_max_position": rope.integer(
+                "original_max_position_embeddings", n_ctx
+            ),
+        }
+        try:
+            scaling = Llama3RopeScaling(**factors)
+        except ValueError as e:  # e.g. high_freq_factor <= low_freq_factor
+            raise ConversionError(f"config field {rope.field!r}: {e}") from None
     elif rope["rope_type"] != "default":
         raise ConversionError(f"unsupported rope_type {rope['rope_type']!r}")
-    if rope.get("partial_rotary_factor", 1.0) != 1.0:
+    if rope.number("partial_rotary_factor", 1.0) != 1.0:
         raise ConversionError(
             "partial_rotary_factor != 1 is not supported for Llama/Qwen2"
         )
-    d, h = hf["hidden_size"], hf["num_attention_heads"]
-    d_head = hf.get("head_dim") or d // h
+    h = config_int(hf, "num_attention_heads")
+    # As in HF's LlamaAttention: head_dim, else hidden_size // heads (floored).
+    d_head = config_int(
+        hf, "head_dim", config_int(hf, "hidden_size") // h, nullable=True
+    )
     cfg = TransformerConfig(
-        d_model=d,
-        n_layers=hf["num_hidden_layers"],
+        d_model=config_int(hf, "hidden_size"),
+        n_layers=config_int(hf, "num_hidden_layers"),
         n_heads=h,
-        n_kv_heads=hf.get("num_key_value_heads") or h,
+        n_kv_heads=config_int(hf, "num_key_value_heads", h, nullable=True),
         d_head=d_head,
-        d_mlp=hf["intermediate_size"],
-        d_vocab=hf["vocab_size"],
-        n_ctx=hf["max_position_embeddings"],
-        act_fn=activation(hf.get("hidden_act", "silu")),
+        d_mlp=config_int(hf, "intermediate_size"),
+        d_vocab=config_int(hf, "vocab_size"),
+        n_ctx=n_ctx,
+        act_fn=activation(config_str(hf, "hidden_act", "silu")),
         norm="rms",
-        eps=hf.get("rms_norm_eps", 1e-6),
+        eps=config_float(hf, "rms_norm_eps", 1e-6),
         positional="rotary",
         rotary_dim=d_head,
-        rotary_base=float(rope.get("rope_theta", 10000.0)),
+        rotary_base=rope.number("rope_theta", 10000.0),
         rope_scaling=scaling,
         gated_mlp=True,
-        tied_embeddings=hf.get("tie_word_embeddings", False),
+        tied_embeddings=config_bool(hf, "tie_word_embeddings", False),
     )
-    bias = qwen or hf.get("attention_bias", False)
+    bias = qwen or config_bool(hf, "attention_bias", False)
     table = _table(cfg, qkv_bias=bias, o_bias=bias and not qwen)
     return cfg, table, tie_unembed if cfg.tied_embeddings else None
 

@@ -9,7 +9,7 @@
   --format orbax`).
 
 GGUF files go through `converters.gguf.read_gguf` (lazy, one tensor dequantized at a time)
-and the ordinary HF converters (`converters.from_hf_dict`), so the GGUF path shares every
+and the ordinary HF converters (`converters.hf.from_hf_dict`), so the GGUF path shares every
 strict check of the HF path.
 
 Cache (`cache=True`): dequantizing and converting SmolLM2 takes seconds, restoring the
@@ -18,9 +18,11 @@ converted arrays does not. The converted model is stored with `jaxinterp.store` 
     $JAXINTERP_CACHE/models/<name>-<dtype>-<hash>      (default ~/.cache/jaxinterp)
 
 where `<hash>` covers the source (the pinned SHA-256 for registry files; path, size and
-mtime of the files otherwise) and the converter code (the bytes of the converter modules,
-so a fixed converter never serves stale weights). Entries are written atomically; a damaged
-entry is reconverted with a `RuntimeWarning`. The tokenizer is cached the same way under
+mtime of the files otherwise), the converter code (the bytes of the converter modules,
+so a fixed converter never serves stale weights) and the store format version. Entries are
+written atomically and every leaf is verified against its SHA-256 when read
+(`jaxinterp.store`); a damaged entry (flipped bytes, a truncated file, a broken header) is
+reconverted and rewritten, with a `RuntimeWarning`. The tokenizer is cached the same way under
 `$JAXINTERP_CACHE/tokenizers/` (reading a GGUF vocabulary takes seconds too). Delete the
 directory to clear the cache.
 """
@@ -36,14 +38,14 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
-import converters as _converters  # attributes read at call time: no import-order cycle
 from jaxinterp import store
 from jaxinterp.model import Transformer
 
 from . import registry
+from ._common import ConversionError, float_dtype, read_json_object
 from .gguf import read_gguf
+from .hf import from_hf_dict, from_pretrained
 from .tokenizer import TextTokenizer
 
 __all__ = [
@@ -56,11 +58,11 @@ __all__ = [
 
 # Modules whose code decides the converted weights; part of every cache key.
 _CONVERTER_MODULES = (
-    "__init__.py",
     "_common.py",
     "gguf.py",
     "gpt2.py",
     "gptj.py",
+    "hf.py",
     "llama.py",
     "neox.py",
 )
@@ -109,9 +111,22 @@ def source_architecture(kind: str, path: Path) -> str | None:
     if kind == "gguf":
         return read_gguf(path)[0]["architectures"][0]
     if kind == "hf":
-        archs = json.loads((path / "config.json").read_text()).get("architectures")
-        return archs[0] if archs else None
-    return store.read_metadata(path).get("architecture")
+        file = path / "config.json"
+        archs = read_json_object(file).get("architectures")
+        if archs is None or archs == []:
+            return None
+        if not (isinstance(archs, list) and isinstance(archs[0], str)):
+            raise ConversionError(
+                f"{file}: config field 'architectures' must be a list of class names, "
+                f"got {archs!r}"
+            )
+        return archs[0]
+    architecture = store.read_metadata(path).get("architecture")
+    if architecture is not None and not isinstance(architecture, str):
+        raise store.StoreError(
+            f"{path}: corrupt store metadata: 'architecture' is {architecture!r}"
+        )
+    return architecture
 
 
 def load(
@@ -124,8 +139,9 @@ def load(
 
     Arguments:
         name_or_path: see the module docstring.
-        dtype: parameter dtype (e.g. `"float32"`, `jnp.bfloat16`). Default: float32 for
-            GGUF (dequantized), the checkpoint's dtype for HF directories and stores.
+        dtype: parameter dtype, a floating one (e.g. `"float32"`, `jnp.bfloat16`).
+            Default: float32 for GGUF (dequantized), the checkpoint's dtype for HF
+            directories and stores.
         cache: keep the converted model in `$JAXINTERP_CACHE/models/` and reuse it on the
             next call (skipping dequantization and conversion). Ignored for stores.
 
@@ -134,11 +150,14 @@ def load(
 
     Raises:
         ValueError / FileNotFoundError: bad name or path. ConversionError (a ValueError):
-            the checkpoint cannot be converted faithfully.
-            converters.registry.ModelNotInstalled: a registry model is not installed.
+            the checkpoint cannot be converted faithfully, or `dtype` is not a floating
+            dtype. jaxinterp.store.StoreError (a ValueError): a damaged store (with
+            `cache=True`, a damaged cache entry is reconverted instead, with a
+            `RuntimeWarning`). converters.registry.ModelNotInstalled: a registry model is
+            not installed.
     """
     kind, path = source_info(name_or_path)
-    dtype = None if dtype is None else jnp.dtype(dtype)
+    dtype = None if dtype is None else float_dtype(dtype)
     if kind == "orbax":
         model = store.load_model(path)
         return model if dtype is None else _cast(model, dtype)
@@ -243,8 +262,8 @@ def _convert(kind: str, path: Path, dtype) -> Transformer:
         # read_gguf casts each tensor right after dequantizing it, so a bfloat16 load never
         # holds a float32 copy of the whole model.
         config, tensors = read_gguf(path, dtype=dtype)
-        return _converters.from_hf_dict(config, tensors, dtype=dtype)
-    return _converters.from_pretrained(path, dtype=dtype)
+        return from_hf_dict(config, tensors, dtype=dtype)
+    return from_pretrained(path, dtype=dtype)
 
 
 def _cast(model: Transformer, dtype) -> Transformer:

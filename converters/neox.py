@@ -13,6 +13,11 @@ from ._common import (
     Entry,
     activation,
     check_config,
+    config_bool,
+    config_float,
+    config_int,
+    config_str,
+    head_dim,
     hf_activation,
     require_equal,
     rope_parameters,
@@ -72,26 +77,25 @@ def from_hf(hf: dict):
         raise ConversionError(
             f"unsupported rope_type {rope['rope_type']!r} for GPT-NeoX"
         )
-    d, h = hf["hidden_size"], hf["num_attention_heads"]
-    d_head = d // h
+    d_head = head_dim(hf, "hidden_size", "num_attention_heads")
     cfg = TransformerConfig(
-        d_model=d,
-        n_layers=hf["num_hidden_layers"],
-        n_heads=h,
+        d_model=config_int(hf, "hidden_size"),
+        n_layers=config_int(hf, "num_hidden_layers"),
+        n_heads=config_int(hf, "num_attention_heads"),
         d_head=d_head,
-        d_mlp=hf["intermediate_size"],
-        d_vocab=hf["vocab_size"],
-        n_ctx=hf["max_position_embeddings"],
-        act_fn=activation(hf.get("hidden_act", "gelu")),
+        d_mlp=config_int(hf, "intermediate_size"),
+        d_vocab=config_int(hf, "vocab_size"),
+        n_ctx=config_int(hf, "max_position_embeddings"),
+        act_fn=activation(config_str(hf, "hidden_act", "gelu")),
         norm="ln",
-        eps=hf.get("layer_norm_eps", 1e-5),
+        eps=config_float(hf, "layer_norm_eps", 1e-5),
         positional="rotary",
-        rotary_dim=int(d_head * rope.get("partial_rotary_factor", 0.25)),
-        rotary_base=float(rope.get("rope_theta", 10000.0)),
-        parallel_residual=hf.get("use_parallel_residual", True),
-        tied_embeddings=hf.get("tie_word_embeddings", False),
+        rotary_dim=int(d_head * rope.number("partial_rotary_factor", 0.25)),
+        rotary_base=rope.number("rope_theta", 10000.0),
+        parallel_residual=config_bool(hf, "use_parallel_residual", True),
+        tied_embeddings=config_bool(hf, "tie_word_embeddings", False),
     )
-    table = _table(cfg, bias=hf.get("attention_bias", True))
+    table = _table(cfg, bias=config_bool(hf, "attention_bias", True))
     return cfg, table, tie_unembed if cfg.tied_embeddings else None
 
 

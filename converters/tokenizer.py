@@ -30,10 +30,11 @@ BOS / EOS policy:
 import dataclasses
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tokenizers import (
     AddedToken,
     Regex,
@@ -155,12 +156,16 @@ def load_tokenizer(directory: str | os.PathLike[str]) -> Tokenizer:
         bypasses it).
 
     Raises:
-        FileNotFoundError: the directory has no `tokenizer.json`.
+        FileNotFoundError: the directory has no `tokenizer.json`. ValueError: it is not a
+            valid one (truncated, not JSON, not a tokenizer); the message names the file.
     """
     file = Path(directory) / "tokenizer.json"
     if not file.is_file():
         raise FileNotFoundError(f"{directory}: no tokenizer.json")
-    return Tokenizer.from_file(str(file))
+    try:
+        return Tokenizer.from_file(str(file))
+    except Exception as e:  # `tokenizers` raises a bare Exception for a bad file
+        raise ValueError(f"{file}: not a valid tokenizer.json ({e})") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,6 +205,52 @@ class TextTokenizer:
                 raise ValueError("BOS requested, but this tokenizer has no bos_id")
             ids = [self.bos_id, *ids]
         return ids
+
+    def encode_batch(
+        self,
+        texts: Sequence[str],
+        *,
+        prepend_bos: bool | None = None,
+        padding_side: str = "right",
+        pad_id: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of several texts padded to one length, and the attention mask.
+
+        Arguments:
+            texts: the strings (at least one; each must encode to at least one token).
+            prepend_bos: as in `encode`.
+            padding_side: `"right"` (tokens first) or `"left"` (padding first).
+            pad_id: id written at padded positions (never read by the model: the mask
+                hides it); default `eos_id`, else 0.
+
+        Returns:
+            `(tokens, attention_mask)`, both int32 `[text, pos]`; the mask is 1 for real
+            tokens and 0 for padding (what `jaxinterp.run` and every kernel take).
+        """
+        if isinstance(texts, str) or not texts:
+            raise ValueError("encode_batch takes a non-empty list of strings")
+        if padding_side not in ("left", "right"):
+            raise ValueError(
+                f"padding_side must be 'left' or 'right': {padding_side!r}"
+            )
+        encoded = [self.encode(t, prepend_bos=prepend_bos) for t in texts]
+        empty = [i for i, ids in enumerate(encoded) if not ids]
+        if empty:
+            raise ValueError(f"texts {empty} encode to no token at all")
+        pad = (self.eos_id or 0) if pad_id is None else pad_id
+        if not 0 <= pad < self.vocab_size:
+            raise ValueError(f"pad_id {pad} is out of vocabulary ({self.vocab_size})")
+        n_pos = max(map(len, encoded))
+        tokens = np.full((len(texts), n_pos), pad, np.int32)
+        mask = np.zeros((len(texts), n_pos), np.int32)
+        for i, ids in enumerate(encoded):
+            at = (
+                slice(0, len(ids))
+                if padding_side == "right"
+                else slice(n_pos - len(ids), n_pos)
+            )
+            tokens[i, at], mask[i, at] = ids, 1
+        return tokens, mask
 
     def decode(self, ids: Iterable[int]) -> str:
         """The text of `ids`, special tokens included verbatim.
@@ -278,6 +329,15 @@ class TextTokenizer:
 
 
 def _read_json(file: Path) -> dict[str, Any]:
+    """An optional JSON-object file (`{}` when absent); a bad one is a ValueError naming it."""
     if not file.is_file():
         return {}
-    return json.loads(file.read_text())
+    try:
+        value = json.loads(file.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{file}: not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"{file}: expected a JSON object, got a {type(value).__name__}"
+        )
+    return value

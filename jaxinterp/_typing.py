@@ -19,3 +19,5 @@ from jaxtyping import Bool as Bool
 from jaxtyping import Float as Float
 from jaxtyping import Int as Int
 from jaxtyping import PRNGKeyArray as PRNGKeyArray
+from jaxtyping import PyTree as PyTree
+from jaxtyping import Shaped as Shaped

@@ -14,6 +14,9 @@ heads of `attn.hook_z` at every position; `Replace(value, where)` with `where` o
 (`blocks.*.mlp.hook_post`, see `taps.every_layer`) carries one extra leading `layer` axis, so a
 layer sweep is a `vmap` over that axis of the same edit instead of a new compile per layer.
 
+Every field is converted to an array on construction (with a strong dtype), so `Scale(0.5)`
+and `Scale(0.25)` are the same structure with different values: a new value never recompiles.
+
 All classes are final (abstract/final pattern); write a new edit by subclassing
 `AbstractEdit` and implementing `apply`.
 """
@@ -21,6 +24,7 @@ All classes are final (abstract/final pattern); write a new edit by subclassing
 import abc
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 
 from ._typing import Array, ArrayLike
@@ -43,9 +47,23 @@ class AbstractEdit(eqx.Module):
         """
 
 
-def _fit(arr: ArrayLike, x: Array, what: str) -> Array:
+def as_array(x: ArrayLike) -> Array:
+    """`jnp.asarray` with a strong dtype: a Python scalar and an array of the same dtype
+    then trace identically (weak types are part of the traced signature)."""
+    x = jnp.asarray(x)
+    return jax.lax.convert_element_type(x, x.dtype) if x.weak_type else x
+
+
+def _optional_array(x: ArrayLike | None) -> Array | None:
+    return None if x is None else as_array(x)
+
+
+def _fit(arr: Array, x: Array, what: str) -> Array:
     """Casts `arr` to `x`'s dtype and broadcasts it to `x`'s shape, or raises ValueError."""
-    arr = jnp.asarray(arr)
+    if not jnp.can_cast(arr.dtype, x.dtype, casting="same_kind"):
+        raise ValueError(
+            f"{what} of dtype {arr.dtype} cannot be cast safely to the tap's dtype {x.dtype}"
+        )
     try:
         shape = jnp.broadcast_shapes(arr.shape, x.shape)
     except ValueError:
@@ -57,10 +75,9 @@ def _fit(arr: ArrayLike, x: Array, what: str) -> Array:
     return jnp.broadcast_to(arr.astype(x.dtype), x.shape)
 
 
-def _fit_mask(where: ArrayLike | None, x: Array) -> Array | None:
+def _fit_mask(where: Array | None, x: Array) -> Array | None:
     if where is None:
         return None
-    where = jnp.asarray(where)
     if where.dtype != jnp.bool_:
         raise ValueError(f"`where` must be a boolean mask, got dtype {where.dtype}")
     return _fit(where, jnp.zeros(x.shape, jnp.bool_), "`where` mask")
@@ -77,8 +94,8 @@ class Replace(AbstractEdit):
         where: optional boolean mask, broadcastable to the tap's shape.
     """
 
-    value: ArrayLike
-    where: ArrayLike | None = None
+    value: Array = eqx.field(converter=as_array)
+    where: Array | None = eqx.field(default=None, converter=_optional_array)
 
     def apply(self, x: Array) -> Array:
         value = _fit(self.value, x, "Replace.value")
@@ -93,7 +110,7 @@ class Add(AbstractEdit):
         delta: broadcastable to the tap's shape.
     """
 
-    delta: ArrayLike
+    delta: Array = eqx.field(converter=as_array)
 
     def apply(self, x: Array) -> Array:
         return x + _fit(self.delta, x, "Add.delta")
@@ -106,7 +123,7 @@ class Scale(AbstractEdit):
         factor: broadcastable to the tap's shape.
     """
 
-    factor: ArrayLike
+    factor: Array = eqx.field(converter=as_array)
 
     def apply(self, x: Array) -> Array:
         return x * _fit(self.factor, x, "Scale.factor")

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._typing import ArrayLike
-from .kernels.run import check_tokens, forward, kv_names, stack_kv
+from .inputs import check_tokens
+from .kernels.run import forward, kv_names
 from .model import Transformer
 
 __all__ = ["greedy"]
@@ -19,9 +20,9 @@ __all__ = ["greedy"]
 def _greedy(model: Transformer, tokens, max_new_tokens: int):
     cfg = model.cfg
     n = tokens.shape[0]
-    names = frozenset(sum(kv_names(cfg), ()))
+    names = frozenset(kv_names(cfg))
     logits, cache = forward(model, tokens, names)
-    k, v = stack_kv(cfg, cache)  # [layer, n, kv_head_index, d_head]
+    k, v = (cache[name] for name in kv_names(cfg))  # [layer, n, kv_head_index, d_head]
     slots = (cfg.n_layers, n + max_new_tokens, cfg.n_kv_heads, cfg.d_head)
     k_buf = jnp.zeros(slots, k.dtype).at[:, :n].set(k)
     v_buf = jnp.zeros(slots, v.dtype).at[:, :n].set(v)
@@ -31,7 +32,7 @@ def _greedy(model: Transformer, tokens, max_new_tokens: int):
         k_buf, v_buf, token = carry
         length = n + i  # cache slots filled so far; `token` sits at position `length`
         logits, cache = forward(model, token[None], names, None, (k_buf, v_buf), length)
-        k, v = stack_kv(cfg, cache)  # [layer, 1, ...]
+        k, v = (cache[name] for name in kv_names(cfg))  # [layer, 1, ...]
         k_buf = jax.lax.dynamic_update_slice_in_dim(k_buf, k, length, axis=1)
         v_buf = jax.lax.dynamic_update_slice_in_dim(v_buf, v, length, axis=1)
         nxt = jnp.argmax(logits[-1]).astype(tokens.dtype)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._typing import Array, Float, Int, PRNGKeyArray
+from ._typing import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 from .config import TransformerConfig
 from .taps import Taps, _View
 
@@ -106,6 +106,28 @@ def rotate(
     return jnp.concatenate([out, rest], axis=-1)
 
 
+class Span(eqx.Module):
+    """The positions one call runs: their position ids and the keys each of them may read.
+
+    Keys are the `n_slots` cached positions of `past` (if any) followed by the positions
+    being run. Built by `Transformer.span`; every block of one forward shares it.
+
+    Attributes:
+        positions: position ids `[pos]` (rotary angles, rows of `W_pos`).
+        attend: `[pos, key_pos]`, True where query `q` may attend to key `k`.
+    """
+
+    positions: Int[Array, " pos"]
+    attend: Bool[Array, "pos key_pos"]
+
+    def split(self, p: int) -> tuple["Span", "Span"]:
+        """The spans of positions `[:p]` and `[p:]`: the first reads only the cached keys
+        and its own; the second reads every key, so it continues a cache of the first."""
+        n_slots = self.attend.shape[1] - self.attend.shape[0]
+        head = Span(self.positions[:p], self.attend[:p, : n_slots + p])
+        return head, Span(self.positions[p:], self.attend[p:])
+
+
 class Attention(eqx.Module):
     """Causal multi-head attention with MHA/MQA/GQA (query head h reads kv head h // g)."""
 
@@ -123,39 +145,35 @@ class Attention(eqx.Module):
         self,
         x: Float[Array, "pos d_model"],
         taps: _View,
+        span: Span,
         past: tuple[Array, Array] | None = None,
-        past_len: Int[Array, ""] | None = None,
     ) -> Float[Array, "pos d_model"]:
         """Attention of `x`'s positions over `past` keys/values (if any) and themselves.
 
         `past` holds the keys (rotated, as `hook_rot_k`; `hook_k` for learned positions) and
         values (`hook_v`) of `n_slots` earlier positions, each `[n_slots, kv_head_index,
-        d_head]`; the score/pattern taps are then `[head_index, pos, n_slots + pos]`. Only
-        the first `past_len` slots are valid when `past_len` is given (a preallocated decode
-        cache); positions of `x` start at `past_len` (default: `n_slots`).
+        d_head]`; the score/pattern taps are then `[head_index, pos, n_slots + pos]`.
+        `span.attend` says which of those keys each position reads.
         """
         cfg = self.cfg
         n_pos = x.shape[0]
-        n_slots = 0 if past is None else past[0].shape[0]
-        n_past = n_slots if past_len is None else past_len
         q = taps("hook_q", jnp.einsum("pm,hmd->phd", x, self.W_Q) + self.b_Q[None])
         k = taps("hook_k", jnp.einsum("pm,hmd->phd", x, self.W_K) + self.b_K[None])
         v = taps("hook_v", jnp.einsum("pm,hmd->phd", x, self.W_V) + self.b_V[None])
         if cfg.positional == "rotary":
-            positions = n_past + jnp.arange(n_pos)
-            q = taps("hook_rot_q", rotate(q, positions, cfg))
-            k = taps("hook_rot_k", rotate(k, positions, cfg))
+            q = taps("hook_rot_q", rotate(q, span.positions, cfg))
+            k = taps("hook_rot_k", rotate(k, span.positions, cfg))
         if past is not None:
             k = jnp.concatenate([past[0].astype(k.dtype), k])
             v = jnp.concatenate([past[1].astype(v.dtype), v])
-        n_key = n_slots + n_pos
+        n_key = k.shape[0]
         g = cfg.n_query_per_kv
         q = q.reshape(n_pos, cfg.n_kv_heads, g, cfg.d_head)
         scores = jnp.einsum("qkgd,Kkd->kgqK", q, k).reshape(cfg.n_heads, n_pos, n_key)
         scores = scores / math.sqrt(cfg.d_head)
-        key, query = jnp.arange(n_key)[None, :], jnp.arange(n_pos)[:, None]
-        causal = jnp.where(key < n_slots, key < n_past, key - n_slots <= query)
-        scores = taps("hook_attn_scores", jnp.where(causal[None], scores, -jnp.inf))
+        scores = taps(
+            "hook_attn_scores", jnp.where(span.attend[None], scores, -jnp.inf)
+        )
         pattern = jax.nn.softmax(_f32(scores), axis=-1).astype(x.dtype)
         pattern = taps("hook_pattern", pattern)
         grouped = pattern.reshape(cfg.n_kv_heads, g, n_pos, n_key)
@@ -206,12 +224,12 @@ class Block(eqx.Module):
         self,
         x: Float[Array, "pos d_model"],
         taps: _View,
+        span: Span,
         past: tuple[Array, Array] | None = None,
-        past_len: Int[Array, ""] | None = None,
     ) -> Float[Array, "pos d_model"]:
         x = taps("hook_resid_pre", x)
         attn_in = self.ln1(x, taps.scope("ln1"))
-        attn = self.attn(attn_in, taps.scope("attn"), past, past_len)
+        attn = self.attn(attn_in, taps.scope("attn"), span, past)
         attn_out = taps("hook_attn_out", attn)
         if self.parallel_residual:
             mlp_in = self.ln2(x, taps.scope("ln2"))
@@ -253,63 +271,160 @@ class Transformer(eqx.Module):
     unembed: Unembed
     cfg: TransformerConfig = eqx.field(static=True)
 
+    def span(
+        self,
+        n_pos: int,
+        *,
+        n_slots: int = 0,
+        past_len: Int[Array, ""] | None = None,
+        attention_mask: Bool[ArrayLike, " key_pos"] | None = None,
+    ) -> Span:
+        """Positions and attention of `n_pos` tokens continuing `n_slots` cached ones.
+
+        Arguments:
+            n_pos: number of tokens run (static).
+            n_slots: number of cached positions before them (static).
+            past_len: with a preallocated cache, the number of valid slots (traced: one
+                compiled decode step serves every length); tokens then sit at positions
+                `past_len, past_len + 1, ...`.
+            attention_mask: HF semantics, `[n_slots + n_pos]`, 1 (True) for real tokens and
+                0 for padding, cached positions included. Position ids count real tokens
+                only (left padding shifts nothing), and no position reads a padded key. A
+                padded position reads only itself, so its values stay finite (and unused).
+
+        Returns:
+            The `Span` every block of the forward uses.
+        """
+        if self.cfg.positional == "learned" and n_slots + n_pos > self.cfg.n_ctx:
+            raise ValueError(
+                f"sequence of {n_slots + n_pos} tokens exceeds n_ctx={self.cfg.n_ctx}"
+            )
+        key = jnp.arange(n_slots + n_pos)[None, :]
+        query = jnp.arange(n_pos)[:, None]
+        valid_past = n_slots if past_len is None else past_len
+        causal = jnp.where(key < n_slots, key < valid_past, key - n_slots <= query)
+        if attention_mask is None:
+            return Span(valid_past + jnp.arange(n_pos), causal)
+        if past_len is not None:
+            raise ValueError("attention_mask and past_len cannot be combined")
+        mask = jnp.asarray(attention_mask)
+        if mask.shape != (n_slots + n_pos,):
+            raise ValueError(
+                f"attention_mask must cover the {n_slots} cached and {n_pos} new "
+                f"positions, got shape {mask.shape}"
+            )
+        mask = mask.astype(bool)
+        positions = jnp.maximum(jnp.cumsum(mask) - 1, 0)[n_slots:]
+        attend = (causal & mask[None]) | (key - n_slots == query)
+        return Span(positions, attend)
+
+    def embed_tokens(
+        self, tokens: Int[Array, " pos"], span: Span, taps: _View
+    ) -> Float[Array, "pos d_model"]:
+        """Stage 1: the residual stream entering block 0 (`hook_embed` + `hook_pos_embed`).
+
+        Token ids are not checked here: `run` and every kernel validate them on the host
+        (`inputs.check_tokens`). A check inside the traced program would be a host
+        callback, and JAX never writes such programs to its persistent compilation cache.
+        """
+        x = taps("hook_embed", self.embed.W_E[tokens])
+        if self.pos_embed is not None:
+            x = x + taps("hook_pos_embed", self.pos_embed.W_pos[span.positions])
+        return x
+
+    def run_blocks(
+        self,
+        x: Float[Array, "pos d_model"],
+        span: Span,
+        taps: Taps,
+        start: int = 0,
+        stop: int | None = None,
+        past: tuple[Array, Array] | None = None,
+    ) -> Float[Array, "pos d_model"]:
+        """Stage 2: blocks `[start, stop)` on the residual stream entering block `start`.
+
+        Taps keep their global names (`blocks.{l}.X` with `start <= l < stop`); a stacked
+        edit `blocks.*.X` has a leading axis over all `n_layers`, of which this range is
+        used. Scanned over the stacked block parameters, so compile time does not grow
+        with depth.
+
+        Arguments:
+            x: `blocks.{start}.hook_resid_pre`, `[pos, d_model]`.
+            span: positions and attention of `x` (see `span`).
+            taps: the forward's recorder.
+            start, stop: the layer range (static; `stop` defaults to `n_layers`).
+            past: cache of earlier positions for these layers, keys and values each
+                `[stop - start, n_slots, kv_head_index, d_head]`.
+
+        Returns:
+            The residual stream leaving block `stop - 1`, `[pos, d_model]`.
+        """
+        cfg = self.cfg
+        stop = cfg.n_layers if stop is None else stop
+        if not 0 <= start <= stop <= cfg.n_layers:
+            raise ValueError(f"bad layer range [{start}, {stop}) of {cfg.n_layers}")
+        if start == stop:
+            return x
+        plan = taps.block_range(start, stop, x.shape[0], span.attend.shape[1], x.dtype)
+        params, static = eqx.partition(self.blocks, eqx.is_array)
+        if (start, stop) != (0, cfg.n_layers):
+            params = jax.tree.map(lambda a: a[start:stop], params)
+
+        def body(carry, xs):
+            x, buffers = carry
+            block_params, layer, stacked_edits, past = xs
+            block_taps = plan.enter(layer, stacked_edits, buffers)
+            x = eqx.combine(block_params, static)(x, block_taps, span, past)
+            return (x, block_taps.buffers), block_taps.outputs
+
+        xs = (params, jnp.arange(start, stop), plan.stacked_edits, past)
+        (x, buffers), outputs = jax.lax.scan(body, (x, plan.buffers), xs)
+        plan.finish(buffers, outputs)
+        return x
+
+    def unembed_resid(
+        self, x: Float[Array, "pos d_model"], taps: _View
+    ) -> Float[Array, "pos d_vocab"]:
+        """Stage 3: final norm and unembedding."""
+        x = self.ln_final(x, taps.scope("ln_final"))
+        return x @ self.unembed.W_U + self.unembed.b_U[None]
+
     def __call__(
         self,
         tokens: Int[Array, " pos"],
         taps: Taps | None = None,
         past_kv: tuple[Array, Array] | None = None,
         past_len: Int[Array, ""] | None = None,
+        attention_mask: Bool[ArrayLike, " key_pos"] | None = None,
     ) -> Float[Array, "pos d_vocab"]:
-        """Logits for every position of one token sequence.
+        """Logits for every position of one token sequence: the three stages composed.
 
         Arguments:
             tokens: token ids, `[pos]`.
             taps: a recorder built inside the traced function (see `kernels.run`); None runs
                 the plain forward.
             past_kv: optional cache of an earlier prefix: keys and values, each
-                `[layer, n_past, kv_head_index, d_head]`, as captured from the prefix's
-                `attn.hook_rot_k` (`attn.hook_k` for learned positions) and `attn.hook_v`
-                (see `kernels.run.kv_cache`). `tokens` then continue that prefix.
-            past_len: with a preallocated `past_kv`, the number of valid cache slots (a
-                traced scalar, so one compiled decode step serves every length).
+                `[layer, n_slots, kv_head_index, d_head]`, as captured from the prefix's
+                `blocks.*.attn.hook_rot_k` (`hook_k` for learned positions) and
+                `blocks.*.attn.hook_v` (see `kernels.run.prefix_cache`). `tokens` then
+                continue that prefix.
+            past_len: with a preallocated `past_kv`, the number of valid cache slots.
+            attention_mask: `[n_slots + pos]`, 1 for real tokens, 0 for padding (HF).
 
         Returns:
             Logits `[pos, d_vocab]`.
         """
-        cfg = self.cfg
-        n_pos = tokens.shape[0]
+        taps = Taps(self.cfg) if taps is None else taps
         n_slots = 0 if past_kv is None else past_kv[0].shape[1]
-        n_past = n_slots if past_len is None else past_len
-        taps = Taps(cfg) if taps is None else taps
-        if cfg.positional == "learned" and n_slots + n_pos > cfg.n_ctx:
-            raise ValueError(
-                f"sequence of {n_slots + n_pos} tokens exceeds n_ctx={cfg.n_ctx}"
-            )
-        tokens = eqx.error_if(
-            tokens, (tokens < 0) | (tokens >= cfg.d_vocab), "token id out of vocabulary"
+        span = self.span(
+            tokens.shape[0],
+            n_slots=n_slots,
+            past_len=past_len,
+            attention_mask=attention_mask,
         )
-        x = taps("hook_embed", self.embed.W_E[tokens])
-        if self.pos_embed is not None:
-            pos_embed = jax.lax.dynamic_slice_in_dim(
-                self.pos_embed.W_pos, n_past, n_pos
-            )
-            x = x + taps("hook_pos_embed", pos_embed)
-
-        plan = taps.layers(n_pos, x.dtype, n_slots)
-        params, static = eqx.partition(self.blocks, eqx.is_array)
-
-        def body(carry, xs):
-            x, buffers = carry
-            block_params, layer, stacked_edits, past = xs
-            block_taps = plan.enter(layer, stacked_edits, buffers)
-            x = eqx.combine(block_params, static)(x, block_taps, past, past_len)
-            return (x, block_taps.buffers), None
-
-        xs = (params, jnp.arange(cfg.n_layers), plan.stacked_edits, past_kv)
-        (x, buffers), _ = jax.lax.scan(body, (x, plan.buffers), xs)
-        plan.finish(buffers)
-        x = self.ln_final(x, taps.scope("ln_final"))
-        return x @ self.unembed.W_U + self.unembed.b_U[None]
+        x = self.embed_tokens(tokens, span, taps)
+        x = self.run_blocks(x, span, taps, past=past_kv)
+        return self.unembed_resid(x, taps)
 
 
 def init_transformer(

@@ -27,16 +27,22 @@ unbatched shape is TransformerLens's shape without the leading `batch`:
 | blocks.{l}.hook_resid_post            | pos d_model                      | all                   |
 | ln_final.hook_scale / hook_normalized | pos 1 / pos d_model              | all                   |
 
-How capture works under `lax.scan` over layers: a block tap requested for layers `(l1, l2)`
-gets a buffer `[2, *shape]` carried through the scan; at layer `l` the block writes its value
-into that buffer's slot for `l` (a one-slot dynamic update, no copy of the buffer), so memory
-is proportional to the number of captured layers, not to depth. Edits keyed by one layer apply
-where the traced layer index equals it; stacked edits (`blocks.*.<suffix>`) are sliced by the
-scan. The recorder lives only inside the traced function and never escapes it.
+Stacked names: `blocks.*.<suffix>` names one tap in every layer. As a capture it records a
+`[layer, *shape]` array (the layers run: all of them in a full forward); as an edit key it
+takes an edit whose arrays carry a leading `layer` axis of size `n_layers`. A capture may also
+be a TransformerLens-style `names_filter` callable (`name -> bool`) over the per-layer names.
+
+How capture works under `lax.scan` over layers: a block tap captured in every layer of a
+block range comes out of the scan as its stacked output; one captured in some layers only gets
+a buffer `[n_captured, *shape]` carried through the scan, where each captured layer writes its
+slot (a one-slot dynamic update), so memory is proportional to the number of captured layers,
+not to depth. Edits keyed by one layer apply where the traced layer index equals it; stacked
+edits are sliced by the scan. The recorder lives only inside the traced function and never
+escapes it; its `records` are a plain dict.
 """
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Literal, get_args
 
 import jax
@@ -129,7 +135,8 @@ def all_layers(suffix: BlockTap, n_layers: int) -> tuple[str, ...]:
 
 
 def every_layer(suffix: BlockTap) -> str:
-    """Key of a stacked edit: one edit whose arrays have a leading `layer` axis."""
+    """The stacked name `blocks.*.<suffix>`: a `[layer, ...]` capture, or the key of an edit
+    whose arrays have a leading `layer` axis."""
     tap_name(suffix, 0)
     return f"blocks.*.{suffix}"
 
@@ -157,7 +164,8 @@ def available_taps(cfg: TransformerConfig) -> tuple[str, ...]:
 
 def parse(name: str, cfg: TransformerConfig) -> tuple[int | str | None, str]:
     """Splits a tap name into (layer, suffix); layer is None for top-level taps and "*"
-    for stacked edit keys. Raises ValueError naming close matches for unknown names."""
+    for stacked names (`blocks.*.<suffix>`). Raises ValueError naming close matches for
+    unknown names."""
     if name in TOP_TAPS and _exists(TOP_TAPS[name][1], cfg):
         return None, name
     parts = name.split(".", 2)
@@ -201,6 +209,21 @@ def tap_shape(
     return tuple(sizes[d] for d in tap_dims(name, cfg))
 
 
+def resolve_capture(
+    capture: Iterable[str] | Callable[[str], bool], cfg: TransformerConfig
+) -> frozenset[str]:
+    """The set of names a `capture` argument asks for: names as given (validated), or every
+    per-layer name a `names_filter` callable accepts."""
+    if isinstance(capture, str):
+        raise TypeError("capture takes a collection of names, not a single string")
+    if callable(capture):
+        return frozenset(n for n in available_taps(cfg) if capture(n))
+    names = frozenset(capture)
+    for name in names:
+        parse(name, cfg)
+    return names
+
+
 class _View:
     """A scope of a recorder: `view("hook_z", z)` visits `<prefix>hook_z`."""
 
@@ -225,32 +248,34 @@ class Taps(_View):
 
     Arguments:
         cfg: the model's config (to validate names).
-        capture: TL names to record.
+        capture: TL names to record; `blocks.*.<suffix>` records `[layer, ...]`.
         edits: TL name (or `blocks.*.<suffix>` stacked key) -> edit.
     """
 
     def __init__(
         self,
         cfg: TransformerConfig,
-        capture: frozenset[str] = frozenset(),
+        capture: Iterable[str] = frozenset(),
         edits: Mapping[str, AbstractEdit] | None = None,
     ):
         super().__init__(self, "")
         self.cfg = cfg
-        self.records: dict[str, Array] = {}
         self._top_capture: set[str] = set()
         self._top_edits: dict[str, AbstractEdit] = {}
-        self.block_capture: dict[str, list[int]] = {}
+        self._top_records: dict[str, Array] = {}
+        self._named: dict[str, set[int]] = {}  # suffix -> layers captured by name
+        self._stacked: set[str] = set()  # suffixes captured as blocks.*.<suffix>
         self.block_edits: dict[str, list[tuple[int, AbstractEdit]]] = {}
         self.stacked_edits: dict[str, AbstractEdit] = {}
-        for name in capture:
+        self._pieces: dict[str, list[tuple[tuple[int, ...], Array]]] = {}
+        for name in sorted(capture):  # a fixed order: the same program in every process
             layer, suffix = parse(name, cfg)
-            if layer == "*":
-                raise ValueError(f"capture takes per-layer names, not {name!r}")
             if layer is None:
                 self._top_capture.add(name)
+            elif layer == "*":
+                self._stacked.add(suffix)
             else:
-                self.block_capture.setdefault(suffix, []).append(layer)
+                self._named.setdefault(suffix, set()).add(layer)
         for name, edit in (edits or {}).items():
             if not isinstance(edit, AbstractEdit):
                 raise TypeError(f"edit for {name!r} is not an AbstractEdit: {edit!r}")
@@ -261,22 +286,46 @@ class Taps(_View):
                 self.stacked_edits[suffix] = edit
             else:
                 self.block_edits.setdefault(suffix, []).append((layer, edit))
-        for layers in self.block_capture.values():
-            layers.sort()
 
     def visit(self, name: str, x: Array) -> Array:
         if name in self._top_edits:
             x = _apply(self._top_edits[name], x, name)
         if name in self._top_capture:
-            self.records[name] = x
+            self._top_records[name] = x
         return x
 
     def wants(self, name: str) -> bool:
         return name in self._top_capture or name in self._top_edits
 
-    def layers(self, n_pos: int, dtype, n_past: int = 0) -> "LayerPlan":
-        """The plan for the scan over blocks: capture buffers and stacked edits."""
-        return LayerPlan(self, n_pos, dtype, n_past)
+    def captured_layers(self, suffix: str, start: int, stop: int) -> tuple[int, ...]:
+        """The layers in `[start, stop)` in which block tap `suffix` is captured."""
+        if suffix in self._stacked:
+            return tuple(range(start, stop))
+        return tuple(
+            l for l in sorted(self._named.get(suffix, ())) if start <= l < stop
+        )
+
+    def block_range(
+        self, start: int, stop: int, n_pos: int, n_key: int, dtype
+    ) -> "BlockRange":
+        """The plan for scanning blocks `[start, stop)`: capture buffers and edits."""
+        return BlockRange(self, start, stop, n_pos, n_key, dtype)
+
+    @property
+    def records(self) -> dict[str, Array]:
+        """Every captured value so far: per-layer names, and `blocks.*.<suffix>` stacked over
+        the layers run (in order)."""
+        out = dict(self._top_records)
+        for suffix, pieces in self._pieces.items():
+            layers = [l for piece_layers, _ in pieces for l in piece_layers]
+            arrays = [a for _, a in pieces]
+            stack = arrays[0] if len(arrays) == 1 else jnp.concatenate(arrays)
+            if suffix in self._stacked:
+                out[f"blocks.*.{suffix}"] = stack
+            for i, layer in enumerate(layers):
+                if layer in self._named.get(suffix, ()):
+                    out[f"blocks.{layer}.{suffix}"] = stack[i]
+        return out
 
 
 def _apply(edit: AbstractEdit, x: Array, name: str) -> Array:
@@ -292,25 +341,32 @@ def _apply(edit: AbstractEdit, x: Array, name: str) -> Array:
     return y
 
 
-class LayerPlan:
-    """Capture buffers and edits for `lax.scan` over the stacked blocks."""
+class BlockRange:
+    """Capture buffers and edits for one `lax.scan` over blocks `[start, stop)`.
 
-    def __init__(self, root: Taps, n_pos: int, dtype, n_past: int = 0):
+    A tap captured in every layer of the range is a stacked output of the scan; one captured
+    in some layers only has a buffer with one slot per captured layer."""
+
+    def __init__(
+        self, root: Taps, start: int, stop: int, n_pos: int, n_key: int, dtype
+    ):
         self.root = root
+        self.start, self.stop = start, stop
         cfg = root.cfg
-        self.buffers = {
-            suffix: jnp.zeros(
-                (len(layers), *tap_shape(f"blocks.0.{suffix}", cfg, n_pos, n_past)),
-                dtype,
-            )
-            for suffix, layers in root.block_capture.items()
-        }
-        # slot of each layer in the capture buffer, -1 where not captured
-        self.slots = {}
-        for suffix, layers in root.block_capture.items():
-            slots = [-1] * cfg.n_layers
+        suffixes = sorted(set(root._stacked) | set(root._named))
+        self.layers = {s: root.captured_layers(s, start, stop) for s in suffixes}
+        self.layers = {s: ls for s, ls in self.layers.items() if ls}
+        full = tuple(range(start, stop))
+        self.stacked_outputs = {s for s, ls in self.layers.items() if ls == full}
+        self.buffers, self.slots = {}, {}
+        for suffix, layers in self.layers.items():
+            if suffix in self.stacked_outputs:
+                continue
+            shape = tap_shape(f"blocks.0.{suffix}", cfg, n_pos, n_key - n_pos)
+            self.buffers[suffix] = jnp.zeros((len(layers), *shape), dtype)
+            slots = [-1] * (stop - start)
             for i, layer in enumerate(layers):
-                slots[layer] = i
+                slots[layer - start] = i
             self.slots[suffix] = jnp.asarray(slots, jnp.int32)
         for suffix, edit in root.stacked_edits.items():
             for leaf in jax.tree_util.tree_leaves(edit):
@@ -319,47 +375,58 @@ class LayerPlan:
                         f"stacked edit 'blocks.*.{suffix}' needs a leading layer axis "
                         f"of size {cfg.n_layers}; got an array of shape {jnp.shape(leaf)}"
                     )
-        self.stacked_edits = dict(root.stacked_edits)
+        self.stacked_edits = {
+            s: jax.tree.map(lambda a: a[start:stop], e)
+            for s, e in root.stacked_edits.items()
+        }
+        self.block_edits = {
+            s: [(l, e) for l, e in edits if start <= l < stop]
+            for s, edits in root.block_edits.items()
+        }
 
     def enter(self, layer: Array, stacked_edits: dict, buffers: dict) -> "LayerTaps":
         """A recorder for one block, given the traced layer index and scan slices."""
         return LayerTaps(self, layer, stacked_edits, dict(buffers))
 
-    def finish(self, buffers: dict[str, Array]) -> None:
-        """Splits the filled buffers into per-layer TL-named records."""
-        for suffix, layers in self.root.block_capture.items():
-            for i, layer in enumerate(layers):
-                self.root.records[f"blocks.{layer}.{suffix}"] = buffers[suffix][i]
+    def finish(self, buffers: dict[str, Array], outputs: dict[str, Array]) -> None:
+        """Hands the filled buffers and stacked outputs to the root recorder."""
+        for suffix, layers in self.layers.items():
+            value = outputs[suffix] if suffix in outputs else buffers[suffix]
+            self.root._pieces.setdefault(suffix, []).append((layers, value))
 
 
 class LayerTaps(_View):
-    """Recorder for one block inside the scan; `buffers` holds the updated captures."""
+    """Recorder for one block inside the scan: `buffers` holds the updated partial
+    captures and `outputs` the values captured in every layer of the range."""
 
-    def __init__(self, plan: LayerPlan, layer: Array, stacked_edits: dict, buffers):
+    def __init__(self, plan: BlockRange, layer: Array, stacked_edits: dict, buffers):
         super().__init__(self, "")
         self.plan = plan
         self.layer = layer
         self.stacked_edits = stacked_edits
         self.buffers = buffers
+        self.outputs: dict[str, Array] = {}
 
     def wants(self, suffix: str) -> bool:
-        root = self.plan.root
+        plan = self.plan
         return (
-            suffix in root.block_capture
-            or suffix in root.block_edits
-            or suffix in root.stacked_edits
+            suffix in plan.layers
+            or bool(plan.block_edits.get(suffix))
+            or suffix in plan.stacked_edits
         )
 
     def visit(self, suffix: str, x: Array) -> Array:
-        root = self.plan.root
-        for layer, edit in root.block_edits.get(suffix, ()):
+        plan = self.plan
+        for layer, edit in plan.block_edits.get(suffix, ()):
             x = jnp.where(
                 self.layer == layer, _apply(edit, x, f"blocks.{layer}.{suffix}"), x
             )
         if suffix in self.stacked_edits:
             x = _apply(self.stacked_edits[suffix], x, f"blocks.*.{suffix}")
-        if suffix in self.buffers:
-            slot = self.plan.slots[suffix][self.layer]
+        if suffix in plan.stacked_outputs:
+            self.outputs[suffix] = x
+        elif suffix in self.buffers:
+            slot = plan.slots[suffix][self.layer - plan.start]
             buf = self.buffers[suffix]
             safe = jnp.maximum(slot, 0)
             keep = jax.lax.dynamic_index_in_dim(buf, safe, keepdims=False)

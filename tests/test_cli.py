@@ -1,12 +1,16 @@
 """The `jaxinterp` command and `converters.load`, on tiny random models written to disk.
 
-Every command runs in-process through `converters.cli.main`. User mistakes must exit with
-status 2 and exactly one line on stderr; bugs must keep their traceback.
+Every command runs in-process through `jaxinterp_cli.main` (with `--no-compile-cache`, so the
+tests never turn on JAX's persistent cache for the whole session). User mistakes must exit
+with status 2 and exactly one line on stderr; bugs must keep their traceback.
 """
 
 import dataclasses
 import json
 import os
+import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,13 +18,14 @@ import numpy as np
 import pytest
 from tokenizers import AddedToken, Tokenizer, decoders, models
 
+import experiments.arith_model  # noqa: F401  (registers arith-neox)
 from converters import (
     ConversionError,
-    cli,
     from_hf_dict,
     from_pretrained,
     registry,
     save_pretrained,
+    to_hf_dict,
 )
 from converters import loading as load_module
 from converters._common import write_safetensors
@@ -29,6 +34,8 @@ from converters.loading import load, load_tokenizer, tokenizer_files
 from converters.tokenizer import TextTokenizer
 from jaxinterp import init_transformer, run, store
 from jaxinterp.generate import greedy
+from jaxinterp_cli import commands
+from jaxinterp_cli import main as cli
 
 from .helpers import tiny_config
 from .test_gguf import write_tiny_gguf
@@ -79,7 +86,7 @@ def cache(tmp_path, monkeypatch):
 
 
 def cli_run(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
+    code = cli.main(["--no-compile-cache", *(str(a) for a in argv)])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -397,22 +404,308 @@ def test_bad_number_is_a_usage_error(capsys, model_dir):
     assert code == 2 and "at least 1" in err
 
 
-def test_bugs_keep_their_traceback(capsys, monkeypatch):
-    def broken(args):
+def test_bugs_keep_their_traceback(monkeypatch):
+    def broken(*, long):
         raise KeyError("a bug")
 
-    parser = cli._parser
-    monkeypatch.setattr(cli, "_parser", lambda: _with_func(parser(), "models", broken))
+    monkeypatch.setattr(commands, "models", broken)
     with pytest.raises(KeyError, match="a bug"):
-        cli.main(["models"])
+        cli.main(["--no-compile-cache", "models"])
 
 
 def test_debug_shows_user_errors_as_tracebacks():
     with pytest.raises(ValueError, match="unknown model"):
-        cli.main(["--debug", "info", "nosuch"])
+        cli.main(["--no-compile-cache", "--debug", "info", "nosuch"])
+    with pytest.raises(ValueError, match="unknown model"):
+        cli.main(["info", "nosuch", "--debug", "--no-compile-cache"])
 
 
-def _with_func(parser, command: str, func):
-    for action in parser._subparsers._group_actions:
-        action.choices[command].set_defaults(func=func)
-    return parser
+# --- the compile cache -------------------------------------------------------------------
+
+
+def test_compile_cache_is_on_by_default(capsys, cache, monkeypatch):
+    updates = {}
+    monkeypatch.setattr(jax.config, "update", lambda k, v: updates.__setitem__(k, v))
+    assert cli.main(["models"]) == 0
+    assert updates["jax_compilation_cache_dir"] == str(cache / "xla")
+    assert updates["jax_persistent_cache_min_compile_time_secs"] == 0
+    updates.clear()
+    assert cli.main(["models", "--no-compile-cache"]) == 0
+    assert cli.main(["--no-compile-cache", "models"]) == 0
+    assert updates == {}
+    capsys.readouterr()
+
+
+def test_the_parser_module_only_parses_and_dispatches():
+    """`--help` imports neither jax nor the library; every command is a function."""
+    code = (
+        "import sys; from jaxinterp_cli.main import main; main(['demo', '--help']); "
+        "assert not {'jax', 'converters', 'jaxinterp'} & set(sys.modules), sys.modules"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: jaxinterp demo")
+    names = cli.build_parser()._subparsers._group_actions[0].choices
+    for name in names:
+        if name != "demo":
+            assert callable(getattr(commands, name))
+
+
+# --- bad input never yields a wrong answer -----------------------------------------------
+
+
+def other_model():
+    """A tiny Llama of the same shapes as `model_dir`'s, with different weights."""
+    return init_transformer(CFG, jax.random.key(1))
+
+
+def swap_params(store_dir) -> None:
+    """Swaps in the params of a same-shaped store: orbax restores it without complaint."""
+    donor = store_dir.parent / (store_dir.name + "-donor")
+    store.save_model(other_model(), donor)
+    shutil.rmtree(store_dir / "params")
+    shutil.copytree(donor / "params", store_dir / "params")
+    shutil.rmtree(donor)
+
+
+def test_damaged_cache_data_is_reconverted(model_dir, cache):
+    model = load(model_dir, cache=True)
+    (entry,) = (cache / "models").iterdir()
+    swap_params(entry)
+    with pytest.warns(RuntimeWarning, match="damaged model cache entry.*checksum"):
+        assert_bit_identical(load(model_dir, cache=True), model)
+    assert_bit_identical(store.load_model(entry), model)  # rewritten, verified again
+
+
+def test_damaged_store_is_a_user_error(capsys, model_dir, tmp_path):
+    store.save_model(load(model_dir), tmp_path / "s")
+    swap_params(tmp_path / "s")
+    err = assert_user_error(
+        capsys, "does not match its checksum", "info", tmp_path / "s"
+    )
+    assert str(tmp_path / "s") in err and "leaf " in err
+    header = json.loads((tmp_path / "s" / store.STORE_FILE).read_text())
+    del header["leaves"]["embed.W_E"]["shape"]
+    (tmp_path / "s" / store.STORE_FILE).write_text(json.dumps(header))
+    assert_user_error(capsys, "bad entry for leaf 'embed.W_E'", "info", tmp_path / "s")
+
+
+def test_hf_export_with_force_replaces_a_store(capsys, model_dir, tmp_path):
+    """Before: config.json and model.safetensors were added next to the old store's files,
+    and loading the path still returned the old model."""
+    dst = tmp_path / "dst"
+    store.save_model(other_model(), dst)
+    code, _, err = cli_run(capsys, "convert", model_dir, dst, "--force")
+    assert code == 0, err
+    assert not store.is_store(dst)
+    assert sorted(os.listdir(dst)) == [
+        "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+    ]  # fmt: skip
+    assert_bit_identical(load(dst), from_pretrained(model_dir))
+    assert os.listdir(tmp_path) == ["dst"]  # no temporary or old directories
+
+
+def test_store_with_force_replaces_an_hf_directory(capsys, model_dir, tmp_path):
+    dst = tmp_path / "dst"
+    save_pretrained(other_model(), dst, architecture="LlamaForCausalLM")
+    (dst / "pytorch_model.bin").write_bytes(b"stale")
+    (dst / "tokenizer.json").write_text("stale")
+    code, _, err = cli_run(
+        capsys, "convert", model_dir, dst, "--format", "orbax", "--force"
+    )
+    assert code == 0, err
+    assert sorted(os.listdir(dst)) == [
+        "jaxinterp_model.json", "params", "tokenizer.json", "tokenizer_config.json",
+    ]  # fmt: skip
+    assert_bit_identical(load(dst), from_pretrained(model_dir))
+    assert load_tokenizer(dst).encode("ab c") == load_tokenizer(model_dir).encode(
+        "ab c"
+    )
+
+
+def test_hf_export_with_force_drops_stale_files(capsys, model_dir, tmp_path):
+    """An export of a source without a tokenizer over an HF directory with one: the old
+    tokenizer (and old shards) must not survive next to the new weights."""
+    src = tmp_path / "src"
+    store.save_model(other_model(), src, metadata={"architecture": "LlamaForCausalLM"})
+    dst = tmp_path / "dst"
+    code, _, _ = cli_run(capsys, "convert", model_dir, dst)
+    assert code == 0
+    (dst / "model-00001-of-00002.safetensors").write_bytes(b"old shard")
+    code, _, err = cli_run(capsys, "convert", src, dst, "--force")
+    assert code == 0, err
+    assert sorted(os.listdir(dst)) == ["config.json", "model.safetensors"]
+    assert_bit_identical(load(dst), other_model())
+
+
+def test_killed_export_leaves_the_old_directory(model_dir, tmp_path, monkeypatch):
+    dst = tmp_path / "dst"
+    store.save_model(other_model(), dst)
+
+    def killed(tmp, path, overwrite):
+        assert sorted(os.listdir(tmp)) == ["config.json", "model.safetensors"]
+        raise SystemExit(137)
+
+    with monkeypatch.context() as m:
+        m.setattr(store, "_commit", killed)
+        m.setattr(store.shutil, "rmtree", lambda *a, **k: None)  # killed: no cleanup
+        with pytest.raises(SystemExit):
+            save_pretrained(
+                load(model_dir), dst, architecture="LlamaForCausalLM", overwrite=True
+            )
+    assert sorted(os.listdir(dst)) == [store.STORE_FILE, "params"]  # no mix
+    assert_bit_identical(load(dst), other_model())
+    hidden = [n for n in os.listdir(tmp_path) if n != "dst"]
+    assert len(hidden) == 1 and hidden[0].startswith(".dst.tmp-")
+
+
+def test_export_needs_overwrite_for_a_nonempty_directory(model_dir, tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        save_pretrained(load(model_dir), tmp_path, architecture="LlamaForCausalLM")
+    assert os.listdir(tmp_path) == ["keep.txt"]
+    with pytest.raises(ValueError, match="extra file name"):
+        save_pretrained(
+            load(model_dir),
+            tmp_path / "x",
+            architecture="LlamaForCausalLM",
+            extra_files={"../evil": b""},
+        )
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    "arch, match",
+    [
+        ("GPT2LMHeadModel", "cannot export as GPT2LMHeadModel"),
+        ("GPTNeoXForCausalLM", "GPT-NeoX export needs"),
+        ("GPTJForCausalLM", "GPT-J export needs"),
+        ("BertModel", "unsupported architecture 'BertModel'"),
+    ],
+)
+def test_export_to_an_impossible_architecture(capsys, model_dir, tmp_path, arch, match):
+    """Before: a Llama model exported as GPT2LMHeadModel died with a KeyError traceback."""
+    dst = tmp_path / "dst"
+    err = assert_user_error(
+        capsys, match, "convert", model_dir, dst, "--architecture", arch
+    )
+    if arch == "GPT2LMHeadModel":
+        for field in ("norm='rms'", "positional='rotary'", "gated_mlp=True"):
+            assert field in err, err
+    assert not dst.exists()
+    assert_user_error(
+        capsys, match, "convert", model_dir, dst, "--format", "orbax",
+        "--architecture", arch,
+    )  # fmt: skip
+    assert not dst.exists()
+
+
+def test_export_cannot_change_the_config():
+    """Every field of the config must survive the export: a GQA model cannot be GPT-2."""
+    gpt2ish = tiny_config(
+        positional="learned", norm="ln", act_fn="gelu_new", gated_mlp=False
+    )  # n_kv_heads=2 < n_heads: GPT-2 has no GQA
+    model = init_transformer(gpt2ish, jax.random.key(0))
+    with pytest.raises(ConversionError, match="n_kv_heads=2 .would read back as 4."):
+        to_hf_dict(model, "GPT2LMHeadModel")
+
+
+def test_non_float_dtypes_are_refused(capsys, model_dir, tmp_path):
+    for dtype in ("int8", "int32", "bool", "nonsense"):
+        with pytest.raises(ValueError, match="dtype"):
+            load(model_dir, dtype=dtype)
+    with pytest.raises(ConversionError, match="not a floating dtype"):
+        to_hf_dict(load(model_dir), "LlamaForCausalLM", dtype="int16")
+    code, _, err = cli_run(capsys, "info", model_dir, "--dtype", "int8")
+    assert code == 2 and "invalid choice: 'int8'" in err and "Traceback" not in err
+    code, _, err = cli_run(
+        capsys, "convert", model_dir, tmp_path / "o", "--dtype", "int8"
+    )
+    assert code == 2 and "invalid choice" in err
+    assert not (tmp_path / "o").exists()
+
+
+def _torch_bin_dir(model_dir, tmp_path, state):
+    torch = pytest.importorskip("torch")
+    d = tmp_path / "bin"
+    d.mkdir()
+    (d / "config.json").write_bytes((model_dir / "config.json").read_bytes())
+    if isinstance(state, bytes):
+        (d / "pytorch_model.bin").write_bytes(state)
+    else:
+        torch.save(state, d / "pytorch_model.bin")
+    return d
+
+
+class NotATensor:
+    """Pickled by reference, so `weights_only` loading must refuse it."""
+
+
+@pytest.mark.parametrize(
+    "kind", ["unsafe global", "garbage bytes", "not a dict", "non-tensor entry"]
+)
+def test_unreadable_pytorch_bin_is_a_user_error(capsys, model_dir, tmp_path, kind):
+    """Before: the unpickler's exceptions (not ValueErrors) ended in tracebacks."""
+    torch = pytest.importorskip("torch")
+    state = {
+        "unsafe global": {"model.embed_tokens.weight": NotATensor()},
+        "garbage bytes": b"PK\x03\x04 this is not a zip archive",
+        "not a dict": [torch.zeros(2)],
+        "non-tensor entry": {"model.embed_tokens.weight": 3},
+    }[kind]
+    d = _torch_bin_dir(model_dir, tmp_path, state)
+    err = assert_user_error(capsys, "pytorch_model.bin", "info", d)
+    assert str(d) in err
+
+
+def test_config_json_that_is_not_an_object(capsys, model_dir, tmp_path):
+    d = tmp_path / "hf"
+    d.mkdir()
+    (d / "model.safetensors").write_bytes(
+        (model_dir / "model.safetensors").read_bytes()
+    )
+    (d / "config.json").write_text("[1, 2]")
+    assert_user_error(capsys, "config.json", "convert", d, tmp_path / "o")
+    config = json.loads((model_dir / "config.json").read_text())
+    config["architectures"] = "LlamaForCausalLM"  # a string, not a list
+    (d / "config.json").write_text(json.dumps(config))
+    assert_user_error(capsys, "must be a list", "convert", d, tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+def test_store_metadata_with_a_bad_architecture(capsys, model_dir, tmp_path):
+    store.save_model(load(model_dir), tmp_path / "s", metadata={"architecture": 7})
+    assert_user_error(
+        capsys, "corrupt store metadata", "convert", tmp_path / "s", tmp_path / "o"
+    )
+
+
+def test_os_errors_are_user_errors(capsys, model_dir, tmp_path):
+    """Before: only four OSError subclasses were; a name too long for the file system
+    (ENAMETOOLONG) ended in a traceback."""
+    assert_user_error(
+        capsys, "File name too long", "convert", model_dir, tmp_path / ("x" * 300)
+    )
+    (tmp_path / "file").write_text("x")
+    assert_user_error(capsys, "file", "convert", model_dir, tmp_path / "file" / "out")
+
+
+@pytest.mark.parametrize(
+    "error, user",
+    [
+        (ValueError("x"), True),
+        (ConversionError("x"), True),
+        (store.StoreError("x"), True),
+        (json.JSONDecodeError("x", "", 0), True),
+        (PermissionError(13, "denied"), True),
+        (OSError(28, "No space left on device"), True),
+        (registry.ModelNotInstalled("x"), True),
+        (commands.UserError("x"), True),
+        (KeyError("x"), False),
+        (TypeError("x"), False),
+        (AttributeError("x"), False),
+        (RuntimeError("x"), False),
+    ],
+)
+def test_which_errors_are_user_mistakes(error, user):
+    assert cli._is_user_error(error) is user

@@ -148,7 +148,7 @@ def _embed_module(arch: str) -> str:
 
 
 def _hf_reference(
-    hf_model, arch: str, tokens: np.ndarray, cfg
+    hf_model, arch: str, tokens: np.ndarray, cfg, **hf_kwargs
 ) -> tuple[np.ndarray, dict]:
     """Runs HF with forward hooks; returns logits and TL-named reference taps."""
     raw: dict[str, np.ndarray] = {}
@@ -174,7 +174,10 @@ def _hf_reference(
         handles.append(modules[path].register_forward_hook(hook(name, where)))
     with torch.no_grad():
         out = hf_model(
-            torch.tensor(tokens), output_hidden_states=True, output_attentions=True
+            torch.tensor(tokens),
+            output_hidden_states=True,
+            output_attentions=True,
+            **hf_kwargs,
         )
     for h in handles:
         h.remove()
@@ -254,6 +257,41 @@ def test_logits_and_every_tap_match_hf(converted):
         "mlp.hook_pre", "mlp.hook_post", "hook_mlp_out", "hook_resid_post",
     }  # fmt: skip
     assert expected_cover <= covered
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batch_matches_hf(converted, side):
+    """With an attention mask (HF semantics) every real position's logits and taps equal
+    transformers' given the same mask and position ids counted over real tokens (what
+    HF's `generate` passes); padded positions are not compared."""
+    variant, hf_model, model, tokens, _ = converted
+    arch = hf_model.config.architectures[0]
+    mask = np.ones(tokens.shape, np.int64)
+    if side == "left":
+        mask[0, :3], mask[1, :1] = 0, 0
+    else:
+        mask[0, -4:], mask[1, -1:] = 0, 0
+    positions = np.maximum(mask.cumsum(-1) - 1, 0)
+    ref_logits, ref = _hf_reference(
+        hf_model,
+        arch,
+        tokens,
+        model.cfg,
+        attention_mask=torch.tensor(mask),
+        position_ids=torch.tensor(positions),
+    )
+    logits, cache = ji.run(model, tokens, capture=ref.keys(), attention_mask=mask)
+    real = mask.astype(bool)
+    assert max_abs(np.asarray(logits)[real], ref_logits[real]) < 1e-4, variant
+    simple = ("hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre", "blocks.0.ln1")
+    simple += ("blocks.0.attn.hook_q", "blocks.0.attn.hook_k", "blocks.0.attn.hook_v")
+    for name, expected in ref.items():
+        got = np.asarray(cache[name])
+        if name.endswith("hook_pattern"):  # [batch, head, query, key]: real queries
+            got, expected = np.moveaxis(got, 2, 1), np.moveaxis(expected, 2, 1)
+        tol = 1e-5 if name.startswith(simple) else 1e-4
+        err = max_abs(got[real], expected[real])
+        assert err < tol, f"{variant} {side} {name}: max abs diff {err:.3g}"
 
 
 def test_rotary_taps_match_hf_rotation(converted):

@@ -104,11 +104,15 @@ def write_tiny_gguf(
     tied: bool = True,
     types: list[list[Q]] | None = None,
     seed: int = 0,
-    extra_meta: dict[str, str | int | float] | None = None,
+    extra_meta: dict[str, str | int | float | tuple] | None = None,
     extra_tensors: dict[str, np.ndarray] | None = None,
     skip: tuple[str, ...] = (),
+    drop_meta: tuple[str, ...] = (),
 ) -> tuple[dict[str, np.ndarray], dict[str, Q]]:
     """Write a tiny llama/qwen2 GGUF the way llama.cpp would.
+
+    `extra_meta` adds or replaces metadata (a `(value, GGUFValueType)` pair picks the type);
+    `drop_meta` removes keys; `skip` leaves tensors out.
 
     Returns:
         `(expected, qtypes)`: the HF-named float32 arrays the file encodes (before
@@ -131,13 +135,17 @@ def write_tiny_gguf(
     w.add_token_list([f"tok{i}" for i in range(VOCAB)])
     w.add_token_types([1] * VOCAB)
     for key, value in (extra_meta or {}).items():
-        if isinstance(value, str):
+        if isinstance(value, tuple):
+            w.add_key_value(key, value[0], value[1])
+        elif isinstance(value, str):
             w.add_string(key, value)
         elif isinstance(value, int):
             w.add_uint32(key, value)
         else:
             w.add_float32(key, value)
 
+    for key in drop_meta:
+        del w.kv_data[0][key]
     expected: dict[str, np.ndarray] = {}
     qtypes: dict[str, Q] = {}
 
@@ -379,6 +387,115 @@ def test_integer_tensor_type_is_rejected(tmp_path):
     )
     with pytest.raises(ValueError, match="output_norm.weight has GGML type I8"):
         read_gguf(path)
+
+
+_I32, _STR = gguf.GGUFValueType.INT32, gguf.GGUFValueType.STRING
+
+
+@pytest.mark.parametrize(
+    "meta,drop,match",
+    [
+        # before: ZeroDivisionError (embedding_length // head_count)
+        (
+            {"llama.attention.head_count": 0},
+            (),
+            "'llama.attention.head_count' must be >= 1",
+        ),
+        # before: 0 silently meant "as many as head_count"
+        (
+            {"llama.attention.head_count_kv": 0},
+            (),
+            "'llama.attention.head_count_kv' must",
+        ),
+        (
+            {"llama.attention.head_count_kv": 3},
+            (),
+            "head_count (4) is not a multiple of",
+        ),
+        ({"llama.block_count": 0}, (), "'llama.block_count' must be >= 1, got 0"),
+        (
+            {"llama.feed_forward_length": 0},
+            (),
+            "'llama.feed_forward_length' must be >=",
+        ),
+        (
+            {"llama.context_length": (-128, _I32)},
+            (),
+            "'llama.context_length' must be >= 1",
+        ),
+        (
+            {"llama.embedding_length": ("256", _STR)},
+            (),
+            "must be an integer, got '256'",
+        ),
+        ({"llama.attention.key_length": 0}, (), "'llama.attention.key_length' must be"),
+        # before: accepted, eps = 0 (and a negative RoPE base gives NaN angles)
+        (
+            {"llama.attention.layer_norm_rms_epsilon": 0.0},
+            (),
+            "'llama.attention.layer_norm_rms_epsilon' must be finite and positive, got 0.0",
+        ),
+        (
+            {"llama.rope.freq_base": -1e4},
+            (),
+            "'llama.rope.freq_base' must be finite and",
+        ),
+        (
+            {"llama.rope.freq_base": float("inf")},
+            (),
+            "'llama.rope.freq_base' must be fin",
+        ),
+        (
+            {},
+            ("llama.block_count",),
+            "required GGUF metadata 'llama.block_count' is miss",
+        ),
+        (
+            {},
+            ("llama.attention.layer_norm_rms_epsilon",),
+            "'llama.attention.layer_norm_rms",
+        ),
+    ],
+    ids=lambda x: str(x)[:40],
+)
+def test_bad_size_metadata_names_file_and_key(tmp_path, meta, drop, match):
+    path = tmp_path / "bad.gguf"
+    write_tiny_gguf(path, extra_meta=meta, drop_meta=drop)
+    with pytest.raises(ValueError) as e:
+        read_gguf(path)
+    assert str(e.value).startswith(f"{path.resolve()}: ") or str(e.value).startswith(
+        f"{path}: "
+    )
+    assert match in str(e.value)
+
+
+def test_non_float_dtype_is_refused(tmp_path):
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(path)
+    for dtype in ("int8", np.int32, "bool"):
+        with pytest.raises(
+            ValueError, match="requested dtype .* is not a floating dtype"
+        ):
+            read_gguf(path, dtype=dtype)
+
+
+def test_non_finite_gguf_weight_is_named_at_conversion(tmp_path):
+    from converters.hf import from_hf_dict
+
+    path = tmp_path / "nan.gguf"
+    norm = np.ones(D, np.float32)
+    norm[3] = np.nan
+    write_tiny_gguf(
+        path,
+        skip=("blk.1.ffn_norm.weight",),
+        extra_tensors={"blk.1.ffn_norm.weight": norm},
+    )
+    config, tensors = read_gguf(path)
+    with pytest.raises(ValueError) as e:
+        from_hf_dict(config, tensors)
+    assert "model.layers.1.post_attention_layernorm.weight (1 NaN, 0 Inf" in str(
+        e.value
+    )
 
 
 # --- against transformers ----------------------------------------------------------------

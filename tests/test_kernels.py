@@ -7,6 +7,7 @@ program exactly once.
 """
 
 import functools
+import json
 
 import equinox as eqx
 import jax
@@ -19,12 +20,12 @@ from jaxinterp.kernels import (
     ablate,
     attribution,
     grids,
-    layers,
     lens,
     means,
     metrics,
     patch,
 )
+from jaxinterp.taps import Taps
 
 from .helpers import max_abs, tiny_config
 
@@ -123,18 +124,11 @@ def capture(model, tokens, suffix):
 # ------------------------------------------------------------------ building blocks
 
 
-@configs(ALL)
-def test_forward_layers_matches_run(setup):
-    model, clean, *_ = setup
-    n = model.cfg.n_layers
-    want, cache = run(model, clean, capture=["blocks.1.hook_resid_pre"])
-    x0 = jax.vmap(lambda t: layers.embed(model, t))(jnp.asarray(clean))
-    got, _ = jax.vmap(lambda x: layers.forward_layers(model, x, 0))(x0)
-    assert close(got, want)
-    x1, _ = jax.vmap(lambda x: layers.forward_layers(model, x, 0, 1))(x0)
-    assert close(x1, cache["blocks.1.hook_resid_pre"])
-    got, _ = jax.vmap(lambda x: layers.forward_layers(model, x, 1, n))(x1)
-    assert close(got, want)
+def unembed(model, x):
+    """Final norm and unembedding of residual vectors `[..., d_model]`."""
+    flat = jnp.asarray(x).reshape(-1, x.shape[-1])
+    out = model.unembed_resid(flat, Taps(model.cfg))
+    return out.reshape(*x.shape[:-1], -1)
 
 
 @configs(TWO)
@@ -154,7 +148,7 @@ def test_stacked_activations_and_last_logits(setup):
     assert close(acts, capture(model, clean, "hook_resid_post"))
     assert (
         max_abs(
-            means.last_logits(model, clean, batch_size=2), last_logits(model, clean)
+            means.answer_logits(model, clean, batch_size=2), last_logits(model, clean)
         )
         < 1e-4
     )
@@ -208,7 +202,7 @@ def test_ablation_sweep_neurons(setup, kind, positions):
         per_prompt = np.broadcast_to(values, (N_PROMPT, *values.shape))
     else:
         values = per_prompt = capture(model, corrupt, "mlp.hook_post")
-    before = n_compiles(ablate._ablate_chunk)
+    before = n_compiles(ablate._ablate)
     got = ablate.ablation_sweep(
         model,
         clean,
@@ -220,7 +214,7 @@ def test_ablation_sweep_neurons(setup, kind, positions):
         batch_size=2,
         progress_bar=False,
     )
-    assert n_compiles(ablate._ablate_chunk) - before == 1
+    assert n_compiles(ablate._ablate) - before == 1
     want_logit = np.zeros((3, N_PROMPT))
     want_arg = np.zeros((3, N_PROMPT), int)
     for s in range(3):
@@ -234,8 +228,8 @@ def test_ablation_sweep_neurons(setup, kind, positions):
             logits = last_logits(model, clean[i], edits)
             want_logit[s, i] = logits[answer[i]]
             want_arg[s, i] = logits.argmax()
-    assert close(got[0], want_logit)
-    np.testing.assert_array_equal(got[1], want_arg)
+    assert close(got[0].T, want_logit)  # results are [prompt, set]
+    np.testing.assert_array_equal(got[1].T, want_arg)
 
 
 @configs(TWO)
@@ -265,7 +259,7 @@ def test_ablation_sweep_heads_and_components(setup):
             model, clean, {"blocks.1.attn.hook_z": Replace(mean_z[1], where)}
         )
         want = logits[np.arange(N_PROMPT), answer] - logits[np.arange(N_PROMPT), wrong]
-        assert close(got[h], want)
+        assert close(got[:, h], want)
 
 
 @configs(ONE)
@@ -288,7 +282,7 @@ def test_ablation_sweep_components(setup):
         where = np.eye(N_POS, dtype=bool)[-1][:, None]
         edit = Replace(np.zeros((1, cfg.d_model), np.float32), where)
         logits = last_logits(model, clean, {f"blocks.{l}.hook_mlp_out": edit})
-        assert close(got[l], logits[np.arange(N_PROMPT), answer])
+        assert close(got[:, l], logits[np.arange(N_PROMPT), answer])
 
 
 # ------------------------------------------------------------------ activation patching
@@ -306,7 +300,7 @@ def test_ablation_sweep_components(setup):
 def test_activation_patching(setup, tap, positions, groups):
     model, clean, corrupt, answer, wrong = setup
     cfg = model.cfg
-    before = n_compiles(patch._patch_chunk)
+    before = n_compiles(patch._patch)
     got = patch.activation_patching(
         model,
         clean,
@@ -319,12 +313,12 @@ def test_activation_patching(setup, tap, positions, groups):
         batch_size=2,
         progress_bar=False,
     )
-    assert n_compiles(patch._patch_chunk) - before == 1
+    assert n_compiles(patch._patch) - before == 1
     src = capture(model, corrupt, tap)
     per_head = tap == "attn.hook_z"
     pos_list = [p % N_POS for p in positions]
     units = range(cfg.n_heads) if per_head else [None]
-    assert got.shape[:2] == (cfg.n_layers, len(pos_list))
+    assert got.shape[:3] == (N_PROMPT, cfg.n_layers, len(pos_list))
     for l in range(cfg.n_layers):
         for j, p in enumerate(pos_list):
             for u in units:
@@ -338,7 +332,7 @@ def test_activation_patching(setup, tap, positions, groups):
                     edits = {f"blocks.{l}.{tap}": Replace(src[i, l], where)}
                     logits = last_logits(model, clean[i], edits)
                     want.append(logits[answer[i]] - logits[wrong[i]])
-                cell = got[l, j, u] if per_head else got[l, j]
+                cell = got[:, l, j, u] if per_head else got[:, l, j]
                 assert close(cell, want), (l, p, u)
 
 
@@ -429,7 +423,7 @@ def test_attribution_vs_exact(setup):
             base = metrics.indirect_effect(
                 clean_logits[i], clean_logits[i], answer[i], wrong[i]
             )
-            assert abs(report["exact"][c, i] - (ie - base)) < 1e-4
+            assert abs(report["exact"][i, c] - (ie - base)) < 1e-4
     assert -1 <= report["pearson"] <= 1
 
 
@@ -454,7 +448,7 @@ def test_patch_cells_skips_layers_and_positions_before_the_cells(setup):
             batch_size=2,
             progress_bar=False,
         )
-        assert got.shape == (len(cells), N_PROMPT)
+        assert got.shape == (N_PROMPT, len(cells))
         src = capture(model, corrupt, tap)
         for c, (l, p, *unit) in enumerate(cells):
             for i in range(N_PROMPT):
@@ -463,7 +457,7 @@ def test_patch_cells_skips_layers_and_positions_before_the_cells(setup):
                 name = f"blocks.{l}.{tap}"
                 logits = last_logits(model, clean[i], {name: Replace(src[i, l], where)})
                 want = logits[answer[i]] - logits[wrong[i]]
-                assert close(got[c, i], want), (tap, c, i)
+                assert close(got[i, c], want), (tap, c, i)
 
 
 # ------------------------------------------------------------------ path patching
@@ -509,14 +503,14 @@ def test_path_patching(setup):
             }
             logits = last_logits(model, clean[i], edits)
             want = logits[answer[i]] - logits[wrong[i]]
-            assert abs(got[s, i] - want) < TOL
+            assert abs(got[i, s] - want) < TOL
     # senders in the receivers' layer or above have no path: effect equals the clean run
     clean_logits = last_logits(model, clean)
     clean_diff = (
         clean_logits[np.arange(N_PROMPT), answer]
         - clean_logits[np.arange(N_PROMPT), wrong]
     )
-    assert close(got[2], clean_diff)
+    assert close(got[:, 2], clean_diff)
 
 
 # ------------------------------------------------------------------ lens / DLA
@@ -532,7 +526,7 @@ def test_logit_lens_and_dla(setup):
     logits, cache = run(model, clean, capture=names)
     assert max_abs(got[:, -1], np.asarray(logits)[:, -1]) < 1e-4
     for l in range(n):
-        want = layers.unembed(model, cache[names[l]][:, -1])
+        want = unembed(model, cache[names[l]][:, -1])
         assert max_abs(got[:, l], want) < 1e-4
     direction = lens.logit_direction(cfg.d_vocab, answer, wrong)
     dla = lens.direct_logit_attribution(model, clean, direction)
@@ -549,13 +543,8 @@ def test_logit_lens_and_dla(setup):
     # one head's DLA by hand: its result vector through the frozen final norm
     z = capture(model, clean, "attn.hook_z")[:, 1, -1, 2]  # [prompt, d_head]
     result = z @ np.asarray(model.blocks.attn.W_O[1, 2])
-    final = np.asarray(
-        jax.vmap(
-            lambda t: layers.forward_layers(
-                model, layers.embed(model, t), 0, logits=False
-            )[0]
-        )(jnp.asarray(clean))
-    )[:, -1]
+    last = f"blocks.{n - 1}.hook_resid_post"
+    final = np.asarray(run(model, clean, capture=[last])[1][last])[:, -1]
     if cfg.norm == "ln":
         scale = np.sqrt(final.var(-1) + cfg.eps)
         result = result - result.mean(-1, keepdims=True)
@@ -629,22 +618,39 @@ def test_operand_grid(setup, prefix_len, tmp_path):
     path = tmp_path / "grid.npy"
     grids.operand_grid(model, a_tok, b_tok, out=path, **kw)
     assert close(np.load(path), full[:, :, :, -1])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.npy"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.npy", "grid.npy.json"]
     again = grids.operand_grid(model, a_tok, b_tok, out=path, **kw)  # no recompute
     assert np.array_equal(again, np.load(path))
     partial = tmp_path / "grid.npy.partial"
     path.rename(partial)  # as if killed after 2 of 4 rows (the markers say 6 pairs)
+    fingerprint = json.loads((tmp_path / "grid.npy.json").read_text())
+    (tmp_path / "grid.npy.json").unlink()
     arr = np.load(partial, mmap_mode="r+")
     arr.reshape(12, -1)[:6] = 7.0  # a sentinel: finished blocks are not recomputed
     arr.reshape(12, -1)[6:] = np.nan
     arr.flush()
     del arr
-    (tmp_path / "grid.npy.partial.json").write_text('{"done": 6}')
+    marker = tmp_path / "grid.npy.partial.json"
+    marker.write_text(json.dumps({"done": 6, "fingerprint": fingerprint}))
+    # a different computation of the same shape never continues the file
+    other = b_tok[::-1].copy()
+    with pytest.raises(ValueError, match="different computation .*tokens"):
+        grids.operand_grid(model, a_tok, other, out=path, **kw)
     grids.operand_grid(model, a_tok, b_tok, out=path, **kw)
     resumed = np.load(path).reshape(12, -1)
     assert (resumed[:6] == 7.0).all()
     assert close(resumed[6:], full[:, :, :, -1].reshape(12, -1)[6:])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.npy"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.npy", "grid.npy.json"]
+    # nor is a finished file served for another model, tap, layer set or operands
+    other_model = jax.tree.map(lambda a: a * 1.01, model)
+    for args, changes in [
+        ((other_model, a_tok, b_tok), {}),
+        ((model, a_tok, other), {}),
+        ((model, a_tok, b_tok), dict(units=units)),
+        ((model, a_tok, b_tok), dict(tap="hook_resid_post")),
+    ]:
+        with pytest.raises(ValueError, match="different computation"):
+            grids.operand_grid(*args, out=path, **(kw | changes))
     with pytest.raises(ValueError, match="remove it"):
         grids.operand_grid(model, a_tok, b_tok[:2], out=path, **kw)
     with pytest.raises(ValueError, match="must lie"):

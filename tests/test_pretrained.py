@@ -14,12 +14,12 @@ import jax
 import numpy as np
 import pytest
 
-from converters import cli
 from converters.loading import load, load_tokenizer
 from converters.registry import MODELS, is_installed, locate
 from jaxinterp import run
 from jaxinterp.generate import greedy
 from jaxinterp.store import load_model, save_model
+from jaxinterp_cli import main as cli
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,7 +184,7 @@ def test_logits_match_transformers_gguf_loader(model, tok, name):
 def test_demo(capsys, name):
     if name != cli.DEFAULT_MODEL:
         pytest.skip("the demo runs the default model")
-    assert cli.main(["demo"]) == 0
+    assert cli.main(["--no-compile-cache", "demo"]) == 0
     out = capsys.readouterr().out
     assert "' Paris'" in out
     assert "logit lens" in out

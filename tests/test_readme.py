@@ -10,6 +10,7 @@ import pytest
 from converters.registry import is_installed
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+BUILD = README.parent / "BUILD.md"
 
 
 def test_readme_has_exactly_two_setup_commands():
@@ -27,5 +28,17 @@ def test_readme_python_example_runs():
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         exec(compile(code, str(README), "exec"), {})
-    first = out.getvalue().splitlines()[0]
-    assert first == " Paris (5, 1536)"
+    lines = out.getvalue().splitlines()
+    assert lines[0] == " Paris (5, 1536)"
+    assert lines[2:] == ["(2, 30, 11, 1536)", "[' Paris', ' Atlantic']"]
+
+
+def test_build_md_core_api_example_runs():
+    """The self-contained example of BUILD.md's core-API section prints what it says."""
+    blocks = re.findall(r"```python\n(.*?)```", BUILD.read_text(), re.S)
+    (code,) = [b for b in blocks if "ablation_sweep" in b]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, str(BUILD), "exec"), {})
+    want = [c.split("# ")[1].split(":")[0] for c in code.splitlines() if "print(" in c]
+    assert out.getvalue().splitlines() == want

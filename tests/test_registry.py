@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
+import experiments.arith_model  # noqa: F401  (registers arith-neox)
 from converters import registry
 from converters.registry import (
     ChecksumMismatch,
     JoinedParts,
+    LocalDir,
     ModelEntry,
     ModelNotInstalled,
-    RepoDir,
     is_installed,
     list_models,
     locate,
@@ -195,25 +196,33 @@ def test_cached_join_is_used_without_the_parts(fake_qwen_parts, monkeypatch):
     assert is_installed(QWEN) and locate(QWEN) == path
 
 
-def test_repo_directory_entry_is_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(registry, "REPO_ROOT", tmp_path)
+def test_a_local_directory_is_registered_in_one_call(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        registry, "MODELS", dict(registry.MODELS)
+    )  # undone after the test
+    model_dir = tmp_path / "models" / "tiny-neox"
     entry = ModelEntry(
-        "arith-neox",
+        "tiny-neox",
         "hf",
         "tiny arithmetic model",
         "ships with the repository",
         "Apache-2.0",
-        RepoDir("models/arith-neox"),
+        LocalDir(model_dir),
     )
-    monkeypatch.setitem(registry.MODELS, entry.name, entry)
-    assert not is_installed("arith-neox")
+    assert registry.register(entry) is entry
+    assert registry.register(entry) is entry  # an equal entry again: nothing happens
+    assert list_models()[-1] is entry
+    assert not is_installed("tiny-neox") and registry.disk_size("tiny-neox") is None
     with pytest.raises(ModelNotInstalled, match="ships with the repository"):
-        locate("arith-neox")
-    model_dir = tmp_path / "models" / "arith-neox"
+        locate("tiny-neox")
     model_dir.mkdir(parents=True)
     (model_dir / "config.json").write_text("{}")
-    assert is_installed("arith-neox")
-    assert resolve("arith-neox") == ("hf", model_dir)
+    assert is_installed("tiny-neox") and registry.disk_size("tiny-neox") == 2
+    assert resolve("tiny-neox") == ("hf", model_dir)
+    other = dataclasses.replace(entry, source=LocalDir(tmp_path))
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register(other)
+    assert registry.MODELS["tiny-neox"] is entry
 
 
 def test_resolve_paths(tmp_path, fake_smol):
@@ -257,6 +266,8 @@ def test_real_smollm2_is_located_and_verified(cache):
 
 
 def test_arith_neox_ships_with_the_repository():
+    # Registered by experiments.arith_model (imported above), not by converters.
     kind, path = registry.resolve("arith-neox")
     assert kind == "hf" and (path / "config.json").exists()
+    assert path == experiments.arith_model.MODEL_DIR
     assert registry.is_installed("arith-neox")

@@ -1,8 +1,10 @@
 """jaxinterp.store: orbax round trips are bit-exact, saves are atomic, bad stores fail clearly."""
 
+import hashlib
 import itertools
 import json
 import os
+import re
 import shutil
 
 import equinox as eqx
@@ -279,3 +281,199 @@ def test_damaged_array_data(saved):
             fh.truncate(3)
     with pytest.raises(ValueError, match="corrupt store: cannot restore"):
         load_model(saved)
+
+
+# --- checksums: damaged data never loads as different weights ----------------------------
+
+
+def _data_files(store_dir):
+    return [
+        os.path.join(root, f)
+        for root, _, files in os.walk(store_dir / "params")
+        for f in files
+        if "ocdbt.process" in root and os.sep + "d" in root
+    ]
+
+
+def _edit_header(store_dir, edit):
+    header = json.loads((store_dir / STORE_FILE).read_text())
+    edit(header)
+    (store_dir / STORE_FILE).write_text(json.dumps(header))
+
+
+def test_header_records_a_checksum_per_leaf(saved):
+    header = json.loads((saved / STORE_FILE).read_text())
+    assert header["version"] == store.VERSION == 2
+    model = load_model(saved)
+    flat, _ = jax.tree_util.tree_flatten_with_path(model)
+    assert len(header["leaves"]) == len(flat)
+    for path, leaf in flat:
+        entry = header["leaves"][".".join(k.name for k in path)]
+        assert set(entry) == {"dtype", "shape", "sha256"}
+        data = np.ascontiguousarray(np.asarray(leaf)).tobytes()
+        assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_flipped_bytes_in_a_data_file_are_detected(saved):
+    """Before checksums, flipping bytes inside an orbax data file loaded without error."""
+    files = _data_files(saved)
+    assert files, "no orbax data files found"
+    for f in files:
+        with open(f, "r+b") as fh:
+            data = bytearray(fh.read())
+            middle = len(data) // 2
+            for i in range(middle, min(middle + 64, len(data))):
+                data[i] ^= 0xFF
+            fh.seek(0)
+            fh.write(data)
+    with pytest.raises(
+        store.StoreError, match=r"corrupt store: (cannot restore|leaf) "
+    ):
+        load_model(saved)
+
+
+def test_params_of_another_model_fail_their_checksums(tmp_path):
+    """A params/ directory swapped in from a store of the same shape restores cleanly in
+    orbax; only the checksums notice."""
+    a = save_model(randomized(tiny_config(), next(SEEDS), jnp.float32), tmp_path / "a")
+    b = save_model(randomized(tiny_config(), next(SEEDS), jnp.float32), tmp_path / "b")
+    shutil.rmtree(a / "params")
+    shutil.copytree(b / "params", a / "params")
+    with pytest.raises(store.StoreError) as info:
+        load_model(a)
+    message = str(info.value)
+    assert message.startswith(str(a)), message
+    assert re.search(r"leaf [\w.]+ does not match its checksum", message), message
+
+
+def test_a_changed_checksum_names_its_leaf(saved):
+    _edit_header(
+        saved, lambda h: h["leaves"]["blocks.mlp.W_out"].update(sha256="0" * 64)
+    )
+    with pytest.raises(
+        store.StoreError, match=r"leaf blocks\.mlp\.W_out does not match its checksum"
+    ):
+        load_model(saved)
+
+
+def test_damage_is_a_value_error_for_callers(saved):
+    _edit_header(saved, lambda h: h["leaves"]["embed.W_E"].update(sha256="1" * 64))
+    with pytest.raises(ValueError, match="embed.W_E"):
+        load_model(saved)
+
+
+def _as_version_1(header):
+    header["version"] = 1
+    header["leaves"] = {
+        k: [v["dtype"], v["shape"]] for k, v in header["leaves"].items()
+    }
+
+
+def test_version_1_store_loads_with_a_warning(tmp_path):
+    """Stores written before checksums still load, bit-exactly, but say they are unverified."""
+    model = randomized(tiny_config(), next(SEEDS), jnp.bfloat16)
+    path = save_model(model, tmp_path / "m")
+    _edit_header(path, _as_version_1)
+    with pytest.warns(store.UnverifiedStoreWarning, match="without checksums"):
+        loaded = load_model(path)
+    assert_bit_identical(model, loaded)
+    _edit_header(path, lambda h: h["leaves"].update({"embed.W_E": ["float32"]}))
+    with pytest.raises(
+        store.StoreError, match=r"'embed.W_E': expected \[dtype, shape\]"
+    ):
+        load_model(path)
+
+
+BAD_ENTRIES = {
+    "missing dtype": (lambda e: e.pop("dtype"), "missing dtype"),
+    "missing shape": (lambda e: e.pop("shape"), "missing shape"),
+    "missing checksum": (lambda e: e.pop("sha256"), "missing sha256"),
+    "unknown dtype": (lambda e: e.update(dtype="float13"), "unknown dtype 'float13'"),
+    "object dtype": (lambda e: e.update(dtype="object"), "'object' is not a floating"),
+    "integer dtype": (lambda e: e.update(dtype="int32"), "'int32' is not a floating"),
+    "dtype not a string": (lambda e: e.update(dtype=4), "unknown dtype 4"),
+    "negative shape": (lambda e: e.update(shape=[-97, 64]), "non-negative integers"),
+    "float shape": (lambda e: e.update(shape=[97.0, 64]), "non-negative integers"),
+    "bool in shape": (lambda e: e.update(shape=[True, 64]), "non-negative integers"),
+    "shape not a list": (lambda e: e.update(shape="97x64"), "non-negative integers"),
+    "bad checksum": (lambda e: e.update(sha256="abc"), "64 lowercase hex"),
+    "extra field": (lambda e: e.update(crc=1), "unexpected fields"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ENTRIES))
+def test_bad_leaf_entry_names_the_store_and_the_entry(saved, case):
+    edit, why = BAD_ENTRIES[case]
+    _edit_header(saved, lambda h: edit(h["leaves"]["embed.W_E"]))
+    with pytest.raises(store.StoreError) as info:
+        load_model(saved)
+    message = str(info.value)
+    assert message.startswith(str(saved / STORE_FILE)), message
+    assert "bad entry for leaf 'embed.W_E'" in message and why in message, message
+
+
+@pytest.mark.parametrize("entry", ["float32", None, [1, 2], 7])
+def test_leaf_entry_of_the_wrong_type(saved, entry):
+    _edit_header(saved, lambda h: h["leaves"].update({"ln_final.w": entry}))
+    with pytest.raises(store.StoreError, match="bad entry for leaf 'ln_final.w'"):
+        load_model(saved)
+
+
+def test_leaves_that_do_not_match_the_skeleton(saved):
+    header = json.loads((saved / STORE_FILE).read_text())
+    extra = dict(header["leaves"]["ln_final.w"])
+    _edit_header(saved, lambda h: h["leaves"].update({"blocks.attn.W_X": extra}))
+    with pytest.raises(store.StoreError, match=r"unexpected \['blocks.attn.W_X'\]"):
+        load_model(saved)
+
+
+@pytest.mark.parametrize("version", ["2", True, None, 2.0])
+def test_version_of_the_wrong_type(saved, version):
+    _edit_header(saved, lambda h: h.update(version=version))
+    with pytest.raises(store.StoreError, match="store version"):
+        load_model(saved)
+
+
+# --- overwrite replaces the whole directory ----------------------------------------------
+
+
+def test_overwrite_replaces_other_contents(tmp_path):
+    """Overwriting an HF directory (or anything) leaves only the store's own files."""
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    (d / "model.safetensors").write_bytes(b"old")
+    model = randomized(tiny_config(), next(SEEDS), jnp.float32)
+    with pytest.raises(FileExistsError):
+        save_model(model, d)
+    save_model(model, d, overwrite=True)
+    assert sorted(os.listdir(d)) == [STORE_FILE, "params"]
+    assert_bit_identical(model, load_model(d))
+    assert os.listdir(tmp_path) == ["m"]
+
+
+def test_an_empty_directory_is_free(tmp_path):
+    (tmp_path / "m").mkdir()
+    model = randomized(tiny_config(), next(SEEDS), jnp.float32)
+    save_model(model, tmp_path / "m")
+    assert_bit_identical(model, load_model(tmp_path / "m"))
+
+
+def test_atomic_directory_publishes_only_complete_contents(tmp_path):
+    target = tmp_path / "out"
+    with store.atomic_directory(target) as tmp:
+        (tmp / "a").write_text("1")
+        assert not target.exists()
+    assert os.listdir(target) == ["a"]
+    with pytest.raises(RuntimeError, match="failed"):
+        with store.atomic_directory(target, overwrite=True) as tmp:
+            (tmp / "b").write_text("2")
+            raise RuntimeError("failed half way")
+    assert os.listdir(target) == ["a"]  # untouched, no mix
+    with store.atomic_directory(target, overwrite=True) as tmp:
+        (tmp / "b").write_text("2")
+    assert os.listdir(target) == ["b"]  # replaced, not merged
+    assert os.listdir(tmp_path) == ["out"]
+    mode = (tmp_path / "out").stat().st_mode & 0o777
+    (tmp_path / "plain").mkdir()
+    assert mode == (tmp_path / "plain").stat().st_mode & 0o777  # not mkdtemp's 0700

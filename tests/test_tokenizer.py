@@ -5,6 +5,7 @@ import json
 import unicodedata
 
 import gguf
+import numpy as np
 import pytest
 from tokenizers import Tokenizer, pre_tokenizers, processors
 
@@ -117,6 +118,30 @@ def test_text_tokenizer_bos_policy(tiny):
     assert always.encode("hello", prepend_bos=False) == [ID["hello"]]
     with pytest.raises(ValueError, match="no bos_id"):
         dataclasses.replace(tt, bos_id=None).encode("x", prepend_bos=True)
+
+
+def test_encode_batch_pads_and_masks(tiny):
+    tt = TextTokenizer.from_gguf(tiny)
+    texts = ["hello", "12", "1"]
+    ids = [tt.encode(t) for t in texts]
+    n = max(map(len, ids))
+    for side in ("right", "left"):
+        tokens, mask = tt.encode_batch(texts, padding_side=side, pad_id=0)
+        assert tokens.shape == mask.shape == (3, n)
+        for row, m, want in zip(tokens, mask, ids, strict=True):
+            assert m.sum() == len(want)
+            assert row[m == 1].tolist() == want
+            assert (row[m == 0] == 0).all()
+            real = np.flatnonzero(m)
+            assert real[0 if side == "right" else -1] == (
+                0 if side == "right" else n - 1
+            )
+    with pytest.raises(ValueError, match="padding_side"):
+        tt.encode_batch(texts, padding_side="middle")
+    with pytest.raises(ValueError, match="list of strings"):
+        tt.encode_batch("hello")
+    with pytest.raises(ValueError, match="no token"):
+        tt.encode_batch(["hello", ""])
 
 
 def test_add_bos_comes_from_metadata(tmp_path):

@@ -574,6 +574,8 @@ def export(
     from tqdm.auto import tqdm
 
     workdir, out = pathlib.Path(workdir), pathlib.Path(out)
+    if out.resolve() in (workdir.resolve(), *workdir.resolve().parents):
+        raise ValueError(f"{out} is replaced by the export; it must not hold {workdir}")
     train_split, held_out = build_splits(cfg)
     mngr = checkpoint_manager(workdir, read_only=True)
     steps = sorted(mngr.all_steps())
@@ -599,7 +601,9 @@ def export(
     }
     eval_seconds = time.perf_counter() - t0
 
-    converters.save_pretrained(model, out, architecture=ARCHITECTURE)
+    # Replaces `out` as a whole (a previous export's files included); the tokenizer,
+    # metrics.json and accuracy.png are written into it below.
+    converters.save_pretrained(model, out, architecture=ARCHITECTURE, overwrite=True)
     arith_tokenizer.save_tokenizer(out)
     log = [json.loads(line) for line in (workdir / "log.jsonl").open()]
     metrics = {

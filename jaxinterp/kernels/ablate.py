@@ -3,19 +3,14 @@ one compiled program.
 
 A *set* is a boolean mask over `[layer, *unit]` of one block tap, where `unit` is a leading
 part of the tap's per-position shape: `[layer, d_mlp]` for neurons of `mlp.hook_post`,
-`[layer, head_index]` for heads of `attn.hook_z`, `[layer]` for whole components (any tap).
-Every set's masked units are overwritten with `values` (zeros, a mean cache, or per-prompt
-resample activations) at the chosen positions, and `metric` is read at the last position.
+`[layer, head_index]` for heads of `attn.hook_z`, `[layer]` for whole components (any tap);
+for a top-level tap (`hook_embed`) there is no `layer` axis. Every set's masked units are
+overwritten with `values` (zeros, a mean cache, or per-prompt resample activations) at the
+chosen positions, and `metric` is read at each prompt's answer position.
 
-Computation shared across sets (all exact, verified against plain `run` in the tests):
-* layers below the first layer `L` that any set edits run once per prompt, not per set;
-* positions before the first edited position `p0` are never recomputed: their keys and
-  values above `L` come from one clean pass over `tokens[:p0]`, and each set runs layers
-  `>= L` on positions `>= p0` only (with only the last position edited, that is one token);
-* only the last position is unembedded.
-
-Sets are `vmap`ped inside each prompt batch; the whole sweep is one compile (the last batch
-is padded).
+Shared computation (see `sweep`): layers below the first edited layer and positions before
+the first edited position run once per prompt; each set runs the rest, and only the answer
+position is unembedded. Sets are `vmap`ped inside each prompt batch; one compile per sweep.
 """
 
 from collections.abc import Callable
@@ -26,149 +21,117 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._typing import Array, ArrayLike, Bool, Float, Int
+from .._typing import Array, ArrayLike, Bool, Float, Int, PyTree, Shaped
 from ..edits import Replace
+from ..inputs import prompts
 from ..model import Transformer
-from ..taps import every_layer
-from ._stream import chunks, head_rows, pad_rows, padded_slice, progress, tail_shape
-from .layers import clean_prefix, forward_layers, unembed
-from .run import check_tokens
+from .batching import stream
+from .sweep import EMBED, first_edited, site, start_at, sweep, unit_mask
 
-__all__ = ["ablation_sweep", "unit_mask", "first_edited"]
+__all__ = ["ablation_sweep"]
 
 Positions = Literal["last", "all"] | Bool[ArrayLike, " pos"]
 
 
-def unit_mask(mask: Bool[Array, " layer *unit"], tail: tuple[int, ...]) -> Array:
-    """Reshapes a `[layer, *unit]` mask to broadcast against a stacked tap
-    `[layer, pos, *tail]`: `[layer, 1, *unit, 1, ...]`."""
-    unit = mask.shape[1:]
-    if tuple(tail[: len(unit)]) != tuple(unit):
-        raise ValueError(
-            f"mask unit shape {unit} must be a leading part of the tap's per-position "
-            f"shape {tail}"
-        )
-    return mask.reshape(mask.shape[0], 1, *unit, *(1,) * (len(tail) - len(unit)))
-
-
-def first_edited(masks: np.ndarray, axis: int) -> int:
-    """Index of the first entry along `axis` that any mask sets (0 if none)."""
-    hit = np.asarray(masks).any(axis=tuple(i for i in range(masks.ndim) if i != axis))
-    return int(np.argmax(hit)) if hit.any() else 0
-
-
-def _position_mask(positions, n_pos: int) -> np.ndarray:
-    if isinstance(positions, str):
-        if positions not in ("last", "all"):
-            raise ValueError(
-                f"positions must be 'last', 'all' or a mask, not {positions!r}"
-            )
-        mask = np.zeros(n_pos, bool)
-        mask[-1 if positions == "last" else slice(None)] = True
-        return mask
-    mask = np.asarray(positions)
-    if mask.shape != (n_pos,) or mask.dtype != np.bool_:
-        raise ValueError(f"position mask must be bool [{n_pos}], got {mask.shape}")
-    return mask
-
-
 @eqx.filter_jit
-def _ablate_chunk(model, tokens, masks, values, pos_mask, margs, tap, L, p0, metric):
-    tail = tail_shape(tap, model.cfg)
+def _ablate(model, batch, masks, values, pos_mask, site, L, p0, metric):
+    n_lead, n_tail = len(site.lead), len(site.tail)
 
-    def per_prompt(tokens, values, margs):
-        x, kv = clean_prefix(model, tokens, L, p0)
+    def per_prompt(item):
+        prompt, margs = item["prompt"], item["margs"]
+        vals = item["values"] if "values" in item else values
+        state = start_at(model, prompt, L, p0)
+        index = prompt.answer - p0
+        last = jnp.arange(vals.shape[n_lead]) == index
+        hot = last if pos_mask is None else pos_mask
+        hot = hot.reshape(*(1,) * n_lead, -1, *(1,) * n_tail)
 
-        def per_set(mask):
-            where = unit_mask(mask, tail) & pos_mask.reshape(1, -1, *(1,) * len(tail))
-            edit = Replace(values, where)
-            h, _ = forward_layers(
-                model, x, L, edits={every_layer(tap): edit}, past_kv=kv, logits=False
-            )
-            return metric(unembed(model, h[-1]), *margs)
+        def edits(mask):
+            return {site.key: Replace(vals, unit_mask(mask, site) & hot)}
 
-        return jax.vmap(per_set)(masks)
+        return sweep(model, state, L, masks, edits, metric, margs, index)
 
-    value_axis = 0 if values.ndim == 3 + len(tail) else None
-    out = jax.vmap(per_prompt, in_axes=(0, value_axis, 0))(tokens, values, margs)
-    return jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), out)
+    return jax.vmap(per_prompt)(batch)
 
 
 def ablation_sweep(
     model: Transformer,
     tokens: Int[ArrayLike, "prompt pos"],
-    masks: Bool[ArrayLike, "set layer *unit"],
+    masks: Bool[ArrayLike, "set ..."],
     *,
     metric: Callable,
     metric_args: tuple = (),
     tap: str = "mlp.hook_post",
-    values: Float[ArrayLike, "layer pos *tail"]
-    | Float[ArrayLike, "prompt layer pos *tail"]
-    | None = None,
+    values: Float[ArrayLike, "..."] | None = None,
     positions: Positions = "last",
+    attention_mask: ArrayLike | None = None,
+    answer_pos: Int[ArrayLike, " prompt"] | None = None,
     batch_size: int = 32,
     progress_bar: bool = True,
-):
+) -> PyTree[Shaped[Array, "prompt set ..."]]:
     """Metric of every prompt with every set of units ablated.
 
     Arguments:
         model: the transformer.
-        tokens: `[prompt, pos]`.
-        masks: `[set, layer, *unit]`, True = ablate (see the module docstring).
-        metric: `metric(last_logits, *args) -> scalar or pytree` (see `metrics`).
+        tokens: `[prompt, pos]` (padded with `attention_mask` when ragged).
+        masks: `[set, layer, *unit]` (`[set, *unit]` for a top-level tap), True = ablate.
+        metric: `metric(logits, *args) -> scalar or pytree` (see `metrics`), on the logits
+            `[d_vocab]` at each prompt's answer position.
         metric_args: arrays with a leading `prompt` axis, sliced per prompt for `metric`.
-        tap: block tap suffix to ablate (`"mlp.hook_post"`, `"attn.hook_z"`, ...).
+        tap: block tap suffix (`"mlp.hook_post"`, `"attn.hook_z"`, ...) or `"hook_embed"`.
         values: replacement values: None (zero ablation), `[layer, pos, *tail]` (mean
             ablation, e.g. from `means.mean_cache`), or `[prompt, layer, pos, *tail]`
-            (resample ablation, e.g. `means.stacked_activations` of other prompts).
-        positions: `"last"`, `"all"` or a bool `[pos]` mask of the edited positions.
-        batch_size: prompts per device call (each runs every set: `set * batch_size`
-            single-position forwards above the first edited layer).
+            (resample ablation, e.g. `means.stacked_activations` of other prompts); no
+            `layer` axis for a top-level tap.
+        positions: `"last"` (each prompt's answer position), `"all"`, or a bool `[pos]`
+            mask of the edited positions.
+        attention_mask: `[prompt, pos]`, 1 = token, 0 = padding.
+        answer_pos: `[prompt]` positions the metric reads (default: last real token).
+        batch_size: prompts per device call (each runs every set).
         progress_bar: tqdm over prompt batches.
 
     Returns:
-        The metric's output with leading axes `[set, prompt]`.
+        The metric's output with leading axes `[prompt, set]`.
     """
-    check_tokens(tokens, model.cfg.d_vocab)
-    tokens = np.asarray(tokens)
-    n_prompt, n_pos = tokens.shape
     cfg = model.cfg
-    tail = tail_shape(tap, cfg)
+    batch = {"prompt": prompts(cfg, tokens, attention_mask, answer_pos)}
+    n_pos = batch["prompt"].tokens.shape[1]
+    where = site(tap, cfg)
     masks = np.asarray(masks)
-    if masks.ndim < 2 or masks.shape[1] != cfg.n_layers:
+    if masks.dtype != np.bool_ or masks.shape[1 : 1 + len(where.lead)] != where.lead:
         raise ValueError(
-            f"masks must be [set, layer={cfg.n_layers}, *unit]: {masks.shape}"
+            f"masks must be bool [set, {', '.join(map(str, where.lead))}"
+            f"{', ' if where.lead else ''}*unit], got {masks.dtype}{list(masks.shape)}"
         )
-    pos_mask = _position_mask(positions, n_pos)
-    L = first_edited(masks, 1)
-    p0 = int(np.argmax(pos_mask))
-    dtype = model.embed.W_E.dtype
+    L = first_edited(masks, 1) if where.stacked else EMBED
+    if isinstance(positions, str):
+        if positions not in ("last", "all"):
+            raise ValueError(
+                f"positions must be 'last', 'all' or a mask: {positions!r}"
+            )
+        p0 = int(batch["prompt"].answer.min()) if positions == "last" else 0
+        pos_mask = None if positions == "last" else np.ones(n_pos, bool)
+    else:
+        pos_mask = np.asarray(positions)
+        if pos_mask.shape != (n_pos,) or pos_mask.dtype != np.bool_:
+            raise ValueError(f"position mask must be bool [{n_pos}]: {pos_mask.shape}")
+        p0 = min(first_edited(pos_mask, 0), int(batch["prompt"].answer.min()))
     if values is None:
-        values = jnp.zeros((cfg.n_layers, n_pos, *tail), dtype)
+        values = np.zeros((*where.lead, n_pos, *where.tail), model.embed.W_E.dtype)
     values = jnp.asarray(values)
-    per_prompt = values.ndim == 3 + len(tail)
-    values = values[:, L:, p0:] if per_prompt else values[L:, p0:]
-    masks = jnp.asarray(masks[:, L:])
-    pos_mask = jnp.asarray(pos_mask[p0:])
-    margs = jax.tree.map(np.asarray, tuple(metric_args))
-    batch_size = min(batch_size, n_prompt)
-    outs = []
-    for start, stop in progress(
-        chunks(n_prompt, batch_size), -(-n_prompt // batch_size), "ablate", progress_bar
-    ):
-        sl = slice(start, stop)
-        chunk_vals = pad_rows(values[sl], batch_size) if per_prompt else values
-        out = _ablate_chunk(
-            model,
-            jnp.asarray(pad_rows(tokens[sl], batch_size)),
-            masks,
-            chunk_vals,
-            pos_mask,
-            padded_slice(margs, start, stop, batch_size),
-            tap,
-            L,
-            p0,
-            metric,
-        )
-        outs.append(head_rows(out, stop - start, axis=1))
-    return jax.tree.map(lambda *a: jnp.concatenate(a, axis=1), *outs)
+    per_prompt = values.ndim == 2 + len(where.lead) + len(where.tail)
+    pos_axis = len(where.lead) + per_prompt
+    values = jax.lax.slice_in_dim(values, p0, n_pos, axis=pos_axis)
+    if per_prompt:
+        batch["values"] = values
+    batch["margs"] = jax.tree.map(np.asarray, tuple(metric_args))
+    masks = jnp.asarray(masks)
+    pos_mask = None if pos_mask is None else jnp.asarray(pos_mask[p0:])
+    shared = None if per_prompt else values
+
+    def chunk(batch):
+        return _ablate(model, batch, masks, shared, pos_mask, where, L, p0, metric)
+
+    return stream(
+        chunk, batch, batch_size=batch_size, desc="ablate", progress_bar=progress_bar
+    )

@@ -4,8 +4,8 @@
 from a source run into a base run by the first-order term
 `(a_source - a_base) * d metric / d a` at the base point. The gradient is taken with respect
 to zero-valued stacked `Add` edits (`blocks.*.<tap>`), so one forward + backward per prompt
-gives the scores of every layer, position and unit at once (paper-spec §6.1: per element, no
-sum; with `metric=indirect_effect` this is exactly the paper's node attribution).
+gives the scores of every layer, position and unit at once (per element, no sum; with
+`metric=indirect_effect` this is the node attribution of Nikankin et al., 2024).
 
 `attribution_vs_exact` runs exact single-cell patching (`patch.patch_cells`) on a sample of
 cells and reports the Pearson correlation with the attribution scores of the same cells.
@@ -21,51 +21,36 @@ import numpy as np
 from .._typing import Array, ArrayLike, Float, Int
 from ..edits import Add
 from ..model import Transformer
-from ..taps import every_layer
-from ._stream import (
-    chunks,
-    head_rows,
-    pad_rows,
-    padded_slice,
-    progress,
-    stacked_names,
-    tail_shape,
-)
-from .layers import embed, forward_layers, unembed
-from .patch import _check_pair, _stacked, patch_cells
+from .batching import stream
+from .means import answer_logits
+from .patch import _pairs, patch_cells
+from .sweep import EMBED, activations, read, site, start_at
 
 __all__ = ["attribution_patching", "attribution_vs_exact", "pearson"]
 
 
 @eqx.filter_jit
-def _attr_chunk(model, base, source, margs, suffixes, metric):
-    cfg = model.cfg
-    n = cfg.n_layers
+def _attribute(model, batch, sites, metric):
+    keys = frozenset(w.key for w in sites)
+    L = EMBED if any(not w.stacked for w in sites) else 0
 
-    def per_prompt(base, source, margs):
-        _, src, _ = _stacked(model, source, suffixes)
-        names = frozenset(m for s in suffixes for m in stacked_names(s, range(n)))
-        x0 = embed(model, base)
+    def per_prompt(item):
+        base, margs = item["base"], item["margs"]
+        src = activations(model, item["source"], keys)[1]
+        state = start_at(model, base, L, 0)
+        n_pos = base.tokens.shape[0]
 
         def f(deltas):
-            edits = {every_layer(s): Add(d) for s, d in deltas.items()}
-            h, rec = forward_layers(
-                model, x0, 0, capture=names, edits=edits, logits=False
-            )
-            acts = {
-                s: jnp.stack([rec[m] for m in stacked_names(s, range(n))])
-                for s in suffixes
-            }
-            return metric(unembed(model, h[-1]), *margs), acts
+            edits = {key: Add(d) for key, d in deltas.items()}
+            return read(model, state, L, edits, metric, margs, base.answer, keys)
 
         zeros = {
-            s: jnp.zeros((n, base.shape[0], *tail_shape(s, cfg)), x0.dtype)
-            for s in suffixes
+            w.key: jnp.zeros((*w.lead, n_pos, *w.tail), state.x.dtype) for w in sites
         }
         grads, acts = jax.grad(f, has_aux=True)(zeros)
-        return {s: (src[s] - acts[s]) * grads[s] for s in suffixes}
+        return {w.key: (src[w.key] - acts[w.key]) * grads[w.key] for w in sites}
 
-    return jax.vmap(per_prompt)(base, source, margs)
+    return jax.vmap(per_prompt)(batch)
 
 
 def attribution_patching(
@@ -76,46 +61,46 @@ def attribution_patching(
     metric: Callable,
     metric_args: tuple = (),
     taps: Sequence[str] = ("mlp.hook_post",),
+    attention_mask: ArrayLike | None = None,
+    source_mask: ArrayLike | None = None,
+    answer_pos: Int[ArrayLike, " prompt"] | None = None,
     batch_size: int = 8,
     progress_bar: bool = True,
-) -> dict[str, Float[Array, "prompt layer pos ..."]]:
+) -> dict[str, Float[Array, "prompt ..."]]:
     """Per-element attribution scores `(a_source - a_base) * grad` of every layer of `taps`.
 
     Arguments:
         model: the transformer.
         base_tokens, source_tokens: `[prompt, pos]` pairs.
-        metric: scalar `metric(last_logits, *args)`, differentiated at the base run.
+        metric: scalar `metric(logits, *args)` at each prompt's answer position,
+            differentiated at the base run.
         metric_args: arrays with a leading `prompt` axis.
-        taps: block tap suffixes.
+        taps: block tap suffixes (every layer) and/or `"hook_embed"` / `"hook_pos_embed"`.
+        attention_mask, source_mask, answer_pos: padding and answer positions, as in
+            `patch.activation_patching`.
         batch_size: prompts per device call.
         progress_bar: tqdm over prompt batches.
 
     Returns:
-        suffix -> scores `[prompt, layer, pos, *tap_tail]`.
+        tap (as given) -> scores `[prompt, layer, pos, *tap_tail]` (`[prompt, pos,
+        *tap_tail]` for a top-level tap).
     """
-    base, source = _check_pair(model, base_tokens, source_tokens)
-    n_prompt = base.shape[0]
-    suffixes = tuple(taps)
-    margs = jax.tree.map(np.asarray, tuple(metric_args))
-    batch_size = min(batch_size, n_prompt)
-    outs = []
-    for start, stop in progress(
-        chunks(n_prompt, batch_size),
-        -(-n_prompt // batch_size),
-        "attribution",
-        progress_bar,
-    ):
-        sl = slice(start, stop)
-        out = _attr_chunk(
-            model,
-            jnp.asarray(pad_rows(base[sl], batch_size)),
-            jnp.asarray(pad_rows(source[sl], batch_size)),
-            padded_slice(margs, start, stop, batch_size),
-            suffixes,
-            metric,
-        )
-        outs.append(head_rows(out, stop - start))
-    return jax.tree.map(lambda *a: jnp.concatenate(a), *outs)
+    padding = (attention_mask, source_mask, answer_pos)
+    batch = _pairs(model, base_tokens, source_tokens, metric_args, *padding)
+    taps = tuple(taps)
+    sites = tuple(site(t, model.cfg) for t in taps)
+
+    def chunk(batch):
+        return _attribute(model, batch, sites, metric)
+
+    scores = stream(
+        chunk,
+        batch,
+        batch_size=batch_size,
+        desc="attribution",
+        progress_bar=progress_bar,
+    )
+    return {t: scores[w.key] for t, w in zip(taps, sites, strict=True)}
 
 
 def pearson(x: ArrayLike, y: ArrayLike) -> float:
@@ -127,27 +112,28 @@ def pearson(x: ArrayLike, y: ArrayLike) -> float:
 
 
 def _cell_scores(scores: Array, cells: np.ndarray) -> Array:
-    """Sum of `[prompt, layer, pos, *tail]` scores over each cell's elements -> `[cell,
-    prompt]`."""
+    """Sum of `[prompt, *layer, pos, *tail]` scores over each cell's elements -> `[prompt,
+    cell]`."""
     out = []
     for cell in cells:
-        s = scores[:, cell[0], cell[1]]
-        if len(cell) == 3:
-            s = s[:, cell[2]]
+        s = scores[(slice(None), *cell)]
         out.append(s.reshape(s.shape[0], -1).sum(-1))
-    return jnp.stack(out)
+    return jnp.stack(out, axis=1)
 
 
 def attribution_vs_exact(
     model: Transformer,
     base_tokens: Int[ArrayLike, "prompt pos"],
     source_tokens: Int[ArrayLike, "prompt pos"],
-    cells: Int[ArrayLike, "cell 2"] | Int[ArrayLike, "cell 3"],
+    cells: Int[ArrayLike, "cell index"],
     *,
     metric: Callable,
     metric_args: tuple = (),
     tap: str = "mlp.hook_post",
-    scores: Float[Array, "prompt layer pos ..."] | None = None,
+    scores: Float[Array, "prompt ..."] | None = None,
+    attention_mask: ArrayLike | None = None,
+    source_mask: ArrayLike | None = None,
+    answer_pos: Int[ArrayLike, " prompt"] | None = None,
     batch_size: int = 64,
     progress_bar: bool = False,
 ) -> dict:
@@ -159,53 +145,39 @@ def attribution_vs_exact(
         Other arguments as in `attribution_patching` / `patch.patch_cells`.
 
     Returns:
-        dict with `attribution` and `exact` (`[cell, prompt]`: linear estimate and exact
-        change of the metric), and `pearson` (correlation over cells x prompts) and
+        dict with `attribution` and `exact` (`[prompt, cell]`: linear estimate and exact
+        change of the metric), and `pearson` (correlation over prompts x cells) and
         `pearson_mean` (over cells of the prompt-mean effects).
     """
-    base, source = _check_pair(model, base_tokens, source_tokens)
+    pairs = dict(
+        attention_mask=attention_mask, source_mask=source_mask, answer_pos=answer_pos
+    )
+    common = dict(metric=metric, metric_args=metric_args, progress_bar=progress_bar)
     cells = np.asarray(cells)
     if scores is None:
         scores = attribution_patching(
-            model,
-            base,
-            source,
-            metric=metric,
-            metric_args=metric_args,
-            taps=(tap,),
-            progress_bar=progress_bar,
+            model, base_tokens, source_tokens, taps=(tap,), **pairs, **common
         )[tap]
     attr = _cell_scores(scores, cells)
     patched = patch_cells(
         model,
-        base,
-        source,
+        base_tokens,
+        source_tokens,
         cells,
-        metric=metric,
-        metric_args=metric_args,
         tap=tap,
         batch_size=batch_size,
-        progress_bar=progress_bar,
+        **pairs,
+        **common,
     )
-    clean = _base_metric(model, base, metric, metric_args)
-    exact = patched - clean[None]
+    logits = answer_logits(
+        model, base_tokens, attention_mask=attention_mask, answer_pos=answer_pos
+    )
+    margs = tuple(jnp.asarray(a) for a in metric_args)
+    clean = jax.vmap(metric)(logits, *margs)
+    exact = patched - clean[:, None]
     return dict(
         attribution=attr,
         exact=exact,
         pearson=pearson(attr, exact),
-        pearson_mean=pearson(attr.mean(1), exact.mean(1)),
+        pearson_mean=pearson(attr.mean(0), exact.mean(0)),
     )
-
-
-@eqx.filter_jit
-def _base_metric_jit(model, base, margs, metric):
-    def one(tokens, margs):
-        h, _ = forward_layers(model, embed(model, tokens), 0, logits=False)
-        return metric(unembed(model, h[-1]), *margs)
-
-    return jax.vmap(one)(base, margs)
-
-
-def _base_metric(model, base, metric, metric_args):
-    margs = tuple(jnp.asarray(a) for a in metric_args)
-    return _base_metric_jit(model, jnp.asarray(base), margs, metric)

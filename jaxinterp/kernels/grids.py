@@ -1,4 +1,4 @@
-"""Activation grids over operand pairs ("K maps", paper-spec §7.1), reusing shared structure.
+"""Activation grids over operand pairs (the paper's "K maps"), reusing shared structure.
 
 Prompts follow a template `prefix + [a] + middle + [b] + suffix` (e.g. `prefix=[BOS]`,
 `middle=[op]`, `suffix=[=]`; a few-shot prefix goes into `prefix`). The kernel computes
@@ -17,7 +17,6 @@ they fit; the last ones padded), sized by `batch_size` or a memory budget. Insid
 every unit), or written to a `.npy` memmap that a later call resumes (`out=`).
 """
 
-import json
 import os
 from collections.abc import Sequence
 from typing import Literal
@@ -28,10 +27,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._typing import ArrayLike, Int
+from ..inputs import check_tokens
 from ..model import Transformer
-from ._stream import pad_rows, progress, stacked_names, tail_shape
-from .layers import embed, forward_layers
-from .run import check_tokens, kv_names
+from ..results import model_digest, open_resumable
+from ..taps import Taps, every_layer
+from .batching import pad_rows, progress
+from .run import run_cached
+from .sweep import site
 
 __all__ = ["operand_grid", "GridSpec"]
 
@@ -45,30 +47,20 @@ class GridSpec(eqx.Module):
     stop: int = eqx.field(static=True)
 
 
-def _kv(model, x, stop, past_kv):
-    k_names, v_names = kv_names(model.cfg)
-    names = frozenset(k_names[:stop] + v_names[:stop])
-    _, rec = forward_layers(
-        model, x, 0, stop, capture=names, past_kv=past_kv, logits=False
-    )
-    K = jnp.stack([rec[n] for n in k_names[:stop]])
-    V = jnp.stack([rec[n] for n in v_names[:stop]])
-    if past_kv is not None:
-        K = jnp.concatenate([past_kv[0], K], axis=1)
-        V = jnp.concatenate([past_kv[1], V], axis=1)
-    return K, V
+def _continue(model, tokens, stop, past):
+    """Embeds `tokens` after `past`'s positions and runs layers `[0, stop)`, returning
+    the cache extended by them."""
+    n_slots = 0 if past is None else past[0].shape[1]
+    span = model.span(tokens.shape[0], n_slots=n_slots)
+    x = model.embed_tokens(tokens, span, Taps(model.cfg))
+    return run_cached(model, x, span, 0, stop, past=past)[1]
 
 
 @eqx.filter_jit
 def _shared_kv(model, prefix, a_segments, stop):
     """Cache of `prefix + [a] + middle` for every a: each `[a, stop, n_shared, kv, d_head]`."""
-    prefix_kv = None
-    if prefix.shape[0] > 0:
-        prefix_kv = _kv(model, embed(model, prefix), stop, None)
-    n_past = prefix.shape[0]
-    return jax.vmap(lambda seg: _kv(model, embed(model, seg, n_past), stop, prefix_kv))(
-        a_segments
-    )
+    prefix_kv = _continue(model, prefix, stop, None) if prefix.shape[0] else None
+    return jax.vmap(lambda seg: _continue(model, seg, stop, prefix_kv))(a_segments)
 
 
 @eqx.filter_jit
@@ -78,18 +70,27 @@ def _grid_chunk(model, kv, a_idx, b_segments, units, spec: GridSpec, squeeze: bo
     The cache of each `a` is taken once per row and stays unbatched inside the vmap over
     `b`, so attention reads it in place (a matmul over the row's pairs) instead of copying
     it for every pair."""
-    n_past = kv[0].shape[2]
-    names = frozenset(stacked_names(spec.tap, spec.layers))
+    n_slots = kv[0].shape[2]
+    all_layers = spec.layers == tuple(range(spec.stop))
+    names = (
+        frozenset({every_layer(spec.tap)})
+        if all_layers
+        else frozenset(f"blocks.{l}.{spec.tap}" for l in spec.layers)
+    )
 
     def row(a):
         past = (kv[0][a], kv[1][a])
 
         def one(seg):
-            x = embed(model, seg, n_past)
-            _, rec = forward_layers(
-                model, x, 0, spec.stop, capture=names, past_kv=past, logits=False
-            )
-            acts = jnp.stack([rec[n] for n in stacked_names(spec.tap, spec.layers)])
+            taps = Taps(model.cfg, names)
+            span = model.span(seg.shape[0], n_slots=n_slots)
+            x = model.embed_tokens(seg, span, taps)
+            model.run_blocks(x, span, taps, 0, spec.stop, past)
+            rec = taps.records
+            if all_layers:
+                acts = rec[every_layer(spec.tap)]
+            else:
+                acts = jnp.stack([rec[f"blocks.{l}.{spec.tap}"] for l in spec.layers])
             acts = acts[:, jnp.asarray(spec.positions)]  # [layer, pos, *tail]
             if units is not None:
                 acts = acts[..., units]
@@ -131,51 +132,6 @@ def _flat(block, n_b: int) -> tuple[int, int]:
     return a0 * n_b + b0, (a1 - 1) * n_b + b1
 
 
-def _open_output(out: str, shape: tuple[int, ...]):
-    """`(array, done, finish)` for a `.npy` result at `out` that is never half-written.
-
-    A finished `out` is returned (read-only memmap) with `finish=None`. Otherwise blocks go
-    to `<out>.partial`, resumed from the pair count in its `<out>.partial.json` marker when
-    both exist; `finish(stop)` flushes and records progress after each block and renames
-    the file to `out` after the last one."""
-    n_items = shape[0] * shape[1]
-
-    def opened(path, mode):
-        array = np.load(path, mmap_mode=mode)
-        if array.shape != shape or array.dtype != np.float32:
-            raise ValueError(
-                f"{path} holds {array.dtype}{list(array.shape)}, this grid is "
-                f"float32{list(shape)}: remove it or choose another path"
-            )
-        return array
-
-    if os.path.exists(out):
-        return opened(out, "r"), n_items, None
-    partial, marker = out + ".partial", out + ".partial.json"
-    done = 0
-    if os.path.exists(partial) and os.path.exists(marker):
-        result = opened(partial, "r+")
-        with open(marker) as f:
-            done = int(json.load(f)["done"])
-        if done == n_items:  # killed between the last marker and the rename
-            os.replace(partial, out)
-            os.remove(marker)
-            return opened(out, "r"), n_items, None
-    else:
-        result = np.lib.format.open_memmap(partial, "w+", np.float32, shape)
-
-    def finish(stop: int) -> None:
-        result.flush()
-        with open(marker + ".tmp", "w") as f:
-            json.dump({"done": stop}, f)
-        os.replace(marker + ".tmp", marker)
-        if stop == n_items:
-            os.replace(partial, out)
-            os.remove(marker)
-
-    return result, done, finish
-
-
 def _bytes_per_pair(cfg, seg_len: int, n_out: int) -> int:
     width = 3 * cfg.d_mlp + 8 * cfg.d_model + cfg.n_heads * seg_len * 2
     return 4 * (seg_len * width + n_out)
@@ -191,7 +147,7 @@ def operand_grid(
     suffix: Int[ArrayLike, " n_suffix"] | Sequence[int] = (),
     tap: str = "mlp.hook_post",
     layers: Sequence[int] | None = None,
-    units: Int[ArrayLike, " unit"] | None = None,
+    units: Int[ArrayLike, " unit"] | Sequence[int] | None = None,
     positions: int | Sequence[int] = -1,
     reduce: Literal["full", "mean", "topk"] = "full",
     k: int = 16,
@@ -218,7 +174,9 @@ def operand_grid(
         out: with `reduce="full"`, a `.npy` path. Blocks are written to `<out>.partial`
             (a memmap) and the file is renamed to `out` when complete, so `out` never
             holds a half-written grid; a killed run is resumed from its last block by the
-            same call. An existing `out` is returned without recomputing.
+            same call. An existing `out` is returned without recomputing. The file's
+            fingerprint (model weights, tokens, tap, layers, units, positions) is kept in
+            `<out>.json`; resuming or reusing it for another computation is an error.
         batch_size: pairs per device call; default from `memory_budget` (bytes).
         progress_bar: tqdm over pair batches.
 
@@ -235,19 +193,38 @@ def operand_grid(
     )
     for t in (a_tokens, b_tokens, prefix, middle, suffix):
         check_tokens(t, cfg.d_vocab)
+    if a_tokens.ndim != 1 or b_tokens.ndim != 1 or not a_tokens.size * b_tokens.size:
+        raise ValueError(
+            f"a_tokens and b_tokens must be non-empty [a] and [b] id lists, got shapes "
+            f"{a_tokens.shape} and {b_tokens.shape}"
+        )
     n_shared = prefix.size + 1 + middle.size
     n_total = n_shared + 1 + suffix.size
     squeeze = isinstance(positions, int | np.integer)
-    pos = [int(p) % n_total for p in ([positions] if squeeze else positions)]
+    pos = [int(p) for p in ([positions] if squeeze else positions)]
+    if not pos or any(not -n_total <= p < n_total for p in pos):
+        raise ValueError(f"positions {pos} outside the {n_total} prompt positions")
+    pos = [p % n_total for p in pos]
     if min(pos) < n_shared:
         raise ValueError(
             f"positions {pos} must lie in the [b] + suffix part (>= {n_shared}); taps of "
             "earlier positions do not depend on b"
         )
-    layers = tuple(range(cfg.n_layers) if layers is None else sorted(layers))
+    layers = tuple(range(cfg.n_layers) if layers is None else sorted(set(layers)))
+    if not layers or layers[0] < 0 or layers[-1] >= cfg.n_layers:
+        raise ValueError(f"layers {list(layers)} outside [0, {cfg.n_layers})")
     spec = GridSpec(tap, layers, tuple(p - n_shared for p in pos), max(layers) + 1)
-    units_arr = None if units is None else jnp.asarray(units)
-    tail = tail_shape(tap, cfg)
+    where = site(tap, cfg)
+    if not where.stacked:
+        raise ValueError(f"operand grids record block taps, not {tap!r}")
+    tap, tail = where.key.split(".", 2)[2], where.tail
+    units_arr = None if units is None else np.asarray(units).reshape(-1)
+    if units_arr is not None:
+        if not np.issubdtype(units_arr.dtype, np.integer) or not units_arr.size:
+            raise ValueError(f"units must be a non-empty list of indices: {units}")
+        if ((units_arr < 0) | (units_arr >= tail[-1])).any():
+            raise ValueError(f"units {units_arr.tolist()} outside [0, {tail[-1]})")
+        units_arr = jnp.asarray(units_arr)
     unit_shape = tail[:-1] + ((tail[-1],) if units is None else (int(units_arr.size),))
     item_shape = ((len(pos),) if not squeeze else ()) + (len(layers), *unit_shape)
     n_a, n_b = a_tokens.size, b_tokens.size
@@ -255,6 +232,8 @@ def operand_grid(
     if batch_size is None:
         per = _bytes_per_pair(cfg, 1 + suffix.size, int(np.prod(item_shape)))
         batch_size = int(max(1, min(4096, memory_budget // per)))
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     batch_size = min(batch_size, n_items)
 
     a_segments = np.concatenate(
@@ -265,11 +244,26 @@ def operand_grid(
         [b_tokens[:, None], np.broadcast_to(suffix, (n_b, suffix.size))], axis=1
     )
 
+    if out is not None and reduce != "full":
+        raise ValueError("out= writes the full grid: it needs reduce='full'")
     done, total, top_v, top_i = 0, None, None, None
     if reduce == "full":
         shape = (n_a, n_b, *item_shape)
         if out is not None:
-            result, done, finish = _open_output(os.fspath(out), shape)
+            what = dict(
+                kernel="operand_grid",
+                model=model_digest(model),
+                tokens=[
+                    t.tolist() for t in (a_tokens, b_tokens, prefix, middle, suffix)
+                ],
+                spec=[
+                    tap,
+                    list(layers),
+                    pos,
+                    None if units is None else units_arr.tolist(),
+                ],
+            )
+            result, done, finish = open_resumable(out, shape, what)
             if finish is None:
                 return result  # already complete
         else:
@@ -278,6 +272,8 @@ def operand_grid(
     elif reduce == "mean":
         total = np.zeros(item_shape, np.float64)
     elif reduce == "topk":
+        if not 1 <= k <= n_items:
+            raise ValueError(f"k={k} must be in [1, {n_items}] (the number of pairs)")
         n_feat = int(np.prod(item_shape))
         top_v = jnp.full((k, n_feat), -jnp.inf, jnp.float32)
         top_i = jnp.zeros((k, n_feat), jnp.int32)

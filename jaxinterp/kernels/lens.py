@@ -8,7 +8,7 @@
   TransformerLens's `apply_ln_to_stack`) and projected on a logit direction. The pieces sum
   exactly to the direction's logit.
 * `neuron_logit_lens`: a neuron's value vector `W_out[l, n]` through the unembedding, with or
-  without TransformerLens weight processing (paper-spec §1.2 item 4).
+  without TransformerLens weight processing (as the paper's code reads value vectors).
 """
 
 import equinox as eqx
@@ -17,10 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._typing import Array, ArrayLike, Float, Int
+from ..inputs import prompts
 from ..model import Transformer
-from ._stream import stacked_names
-from .layers import embed, forward_layers, unembed
-from .run import check_tokens
+from ..taps import Taps
+from .sweep import activations
 
 __all__ = [
     "logit_lens",
@@ -31,30 +31,30 @@ __all__ = [
 
 
 @eqx.filter_jit
-def _lens(model, tokens, pos):
-    n = model.cfg.n_layers
+def _lens(model, batch, pos):
+    key = "blocks.*.hook_resid_pre"
 
-    def one(tokens):
-        names = frozenset(stacked_names("hook_resid_pre", range(n)))
-        x, rec = forward_layers(
-            model, embed(model, tokens), 0, capture=names, logits=False
-        )
-        resid = jnp.stack(
-            [rec[m][pos] for m in stacked_names("hook_resid_pre", range(n))]
-        )
-        return unembed(model, jnp.concatenate([resid, x[pos][None]]))
+    def one(prompt):
+        x, rec = activations(model, prompt, frozenset({key}))
+        index = prompt.answer if pos is None else pos
+        resid = jnp.concatenate([rec[key], x[None]])[:, index]  # [layer + 1, d_model]
+        return model.unembed_resid(resid, Taps(model.cfg))
 
-    return jax.vmap(one)(tokens)
+    return jax.vmap(one)(batch)
 
 
 def logit_lens(
-    model: Transformer, tokens: Int[ArrayLike, "prompt pos"], *, pos: int = -1
+    model: Transformer,
+    tokens: Int[ArrayLike, "prompt pos"],
+    *,
+    pos: int | None = None,
+    attention_mask: ArrayLike | None = None,
 ) -> Float[Array, "prompt layer_plus_1 d_vocab"]:
     """Logits read from `blocks.{l}.hook_resid_pre` for every layer `l` and from the final
-    residual (last entry: the model's logits), at position `pos`; each vector is normalized
-    by the final norm with its own scale."""
-    check_tokens(tokens, model.cfg.d_vocab)
-    return _lens(model, jnp.asarray(tokens), pos)
+    residual (last entry: the model's logits), at position `pos` (default: each prompt's
+    last real token); each vector is normalized by the final norm with its own scale."""
+    batch = prompts(model.cfg, tokens, attention_mask)
+    return _lens(model, jax.tree.map(jnp.asarray, batch), pos)
 
 
 def logit_direction(
@@ -68,23 +68,18 @@ def logit_direction(
 
 
 @eqx.filter_jit
-def _dla(model, tokens, directions, pos):
-    cfg = model.cfg
-    n = cfg.n_layers
+def _dla(model, batch, directions, pos):
     blocks = model.blocks
+    keys = frozenset({"blocks.*.attn.hook_z", "blocks.*.mlp.hook_post", "hook_embed"})
+    keys |= {"hook_pos_embed"} if model.pos_embed is not None else set()
 
-    def one(tokens, direction):
-        names = frozenset(
-            stacked_names("attn.hook_z", range(n))
-            + stacked_names("mlp.hook_post", range(n))
-        )
-        x0 = embed(model, tokens)
-        x, rec = forward_layers(model, x0, 0, capture=names, logits=False)
-        z = jnp.stack([rec[m][pos] for m in stacked_names("attn.hook_z", range(n))])
-        post = jnp.stack(
-            [rec[m][pos] for m in stacked_names("mlp.hook_post", range(n))]
-        )
-        h = x[pos]
+    def one(prompt, direction):
+        x, rec = activations(model, prompt, keys)
+        index = prompt.answer if pos is None else pos
+        z = rec["blocks.*.attn.hook_z"][:, index]
+        post = rec["blocks.*.mlp.hook_post"][:, index]
+        x0 = sum(rec[k][index] for k in ("hook_embed", "hook_pos_embed") if k in rec)
+        h = x[index]
         ln = model.ln_final
         if ln.kind == "ln":
             scale = jnp.sqrt(jnp.var(h) + ln.eps)
@@ -96,7 +91,7 @@ def _dla(model, tokens, directions, pos):
             v = v - v.mean()
         v = v / scale
         return dict(
-            embed=x0[pos] @ v,
+            embed=x0 @ v,
             heads=jnp.einsum("lhd,lhdm,m->lh", z, blocks.attn.W_O, v),
             attn_bias=blocks.attn.b_O @ v,
             neurons=post * (blocks.mlp.W_out @ v),
@@ -105,7 +100,7 @@ def _dla(model, tokens, directions, pos):
             + model.unembed.b_U @ direction,
         )
 
-    return jax.vmap(one)(tokens, directions)
+    return jax.vmap(one)(batch, directions)
 
 
 def direct_logit_attribution(
@@ -113,7 +108,8 @@ def direct_logit_attribution(
     tokens: Int[ArrayLike, "prompt pos"],
     directions: Float[ArrayLike, "prompt d_vocab"],
     *,
-    pos: int = -1,
+    pos: int | None = None,
+    attention_mask: ArrayLike | None = None,
 ) -> dict[str, Array]:
     """Direct contribution of every component to `logits[pos] @ direction`.
 
@@ -122,7 +118,8 @@ def direct_logit_attribution(
             TransformerLens's).
         tokens: `[prompt, pos]`.
         directions: `[prompt, d_vocab]` logit directions (see `logit_direction`).
-        pos: the position read.
+        pos: the position read (default: each prompt's last real token).
+        attention_mask: `[prompt, pos]`, 1 = token, 0 = padding.
 
     Returns:
         dict of `embed [prompt]` (token + position embedding), `heads [prompt, layer,
@@ -130,9 +127,9 @@ def direct_logit_attribution(
         `mlp_bias [prompt, layer]` and `constant [prompt]` (final-norm bias and `b_U`), whose
         total is `logits[prompt, pos] @ directions[prompt]`.
     """
-    check_tokens(tokens, model.cfg.d_vocab)
+    batch = jax.tree.map(jnp.asarray, prompts(model.cfg, tokens, attention_mask))
     directions = jnp.asarray(directions, model.unembed.W_U.dtype)
-    return _dla(model, jnp.asarray(tokens), directions, pos)
+    return _dla(model, batch, directions, pos)
 
 
 def neuron_logit_lens(
@@ -145,7 +142,7 @@ def neuron_logit_lens(
     """`W_out[layer, n] @ W_U` for the chosen neurons (all by default).
 
     With `tl_processing` the unembedding is the one TransformerLens's `fold_ln` +
-    `center_unembed` produce (paper-spec §1.2 item 4): the final norm weight folded in,
+    `center_unembed` produce (as the paper's code does): the final norm weight folded in,
     centred over `d_model` for LayerNorm models, then centred over the vocabulary; no
     division by the residual's norm scale. Equals the product of the weights of
     `process.tl_default(model)`. Without it, the raw `W_out @ W_U`.

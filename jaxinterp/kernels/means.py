@@ -1,10 +1,9 @@
 """Activation statistics over a prompt set, streamed in fixed-size batches.
 
 `mean_cache` gives the per-position mean of whole stacked taps (`[layer, pos, ...]`), the
-values that mean ablation writes (paper-spec §4: per position, over every prompt);
-`stacked_activations` gives per-prompt stacked activations (resample ablation, patching
-sources); `last_logits` the last-position logits (clean runs for metrics such as Eq. 1).
-Each is one compile for the whole prompt set: the last batch is padded and masked.
+values that mean ablation writes (per position, over every prompt); `stacked_activations`
+per-prompt activations (resample ablation, patching sources); `answer_logits` the logits at
+each prompt's answer position. Each is one compile for the whole prompt set.
 """
 
 from collections.abc import Sequence
@@ -15,118 +14,130 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._typing import Array, ArrayLike, Float, Int
+from ..inputs import prompts
 from ..model import Transformer
-from ._stream import chunks, pad_rows, progress, stacked_names
-from .layers import embed, forward_layers, unembed
-from .run import check_tokens
+from ..taps import Taps
+from .batching import stream
+from .sweep import activations, site
 
-__all__ = ["mean_cache", "stacked_activations", "last_logits"]
-
-
-def _stacked_forward(model, tokens, suffixes, logits):
-    """One prompt: every layer of each suffix, stacked `[layer, pos, ...]`."""
-    n = model.cfg.n_layers
-    capture = frozenset(name for s in suffixes for name in stacked_names(s, range(n)))
-    x, rec = forward_layers(
-        model, embed(model, tokens), 0, capture=capture, logits=False
-    )
-    stacked = {
-        s: jnp.stack([rec[m] for m in stacked_names(s, range(n))]) for s in suffixes
-    }
-    return (unembed(model, x[-1]) if logits else None), stacked
+__all__ = ["mean_cache", "stacked_activations", "answer_logits"]
 
 
 @eqx.filter_jit
-def _sum_chunk(model, tokens, weight, suffixes):
-    _, acts = jax.vmap(lambda t: _stacked_forward(model, t, suffixes, False))(tokens)
-    return {s: jnp.einsum("b,b...->...", weight, a) for s, a in acts.items()}
+def _sums(model, batch, keys, weight):
+    def one(prompt):
+        return activations(model, prompt, keys)[1]
+
+    acts = jax.vmap(one)(batch)
+    # weight every prompt's real positions: [prompt, pos]
+    w = weight[:, None] * batch.mask.astype(weight.dtype)
+    sums = {}
+    for key, a in acts.items():
+        lead = "l" if key.startswith("blocks.") else ""
+        a = a.astype(jnp.float32)
+        sums[key] = jnp.einsum(f"bp,b{lead}p...->{lead}p...", w, a)
+    return sums, w.sum(0)
 
 
 def mean_cache(
     model: Transformer,
     tokens: Int[ArrayLike, "prompt pos"],
-    suffixes: Sequence[str] = ("attn.hook_z", "mlp.hook_post"),
+    taps: Sequence[str] = ("attn.hook_z", "mlp.hook_post"),
     *,
+    attention_mask: ArrayLike | None = None,
     batch_size: int = 64,
     progress_bar: bool = True,
-) -> dict[str, Float[Array, "layer pos ..."]]:
-    """Per-position mean of each block tap over all prompts.
+) -> dict[str, Float[Array, "..."]]:
+    """Per-position mean of each tap over all prompts (over the prompts whose position is a
+    real token, when padded; 0 where none is).
 
     Arguments:
         model: the transformer.
-        tokens: `[prompt, pos]`, all prompts of one length.
-        suffixes: block tap suffixes (`"mlp.hook_post"`, `"attn.hook_z"`, ...).
+        tokens: `[prompt, pos]`.
+        taps: block tap suffixes (`"mlp.hook_post"`, `"attn.hook_z"`, ...: every layer)
+            and/or `"hook_embed"` / `"hook_pos_embed"`.
+        attention_mask: `[prompt, pos]`, 1 = token, 0 = padding.
         batch_size: prompts per device call.
         progress_bar: show a tqdm bar over batches.
 
     Returns:
-        suffix -> mean `[layer, pos, *tap_tail]` (e.g. `[layer, pos, head_index, d_head]`
-        for `attn.hook_z`), summed in float64 on the host.
+        tap (as given) -> mean `[layer, pos, *tap_tail]` (e.g. `[layer, pos, head_index,
+        d_head]` for `attn.hook_z`; `[pos, d_model]` for `hook_embed`), summed in float64
+        on the host.
     """
-    check_tokens(tokens, model.cfg.d_vocab)
-    tokens = np.asarray(tokens)
-    n = tokens.shape[0]
-    batch_size = min(batch_size, n)
-    suffixes = tuple(suffixes)
-    total = None
-    for start, stop in progress(
-        chunks(n, batch_size), -(-n // batch_size), "mean cache", progress_bar
-    ):
-        chunk = pad_rows(tokens[start:stop], batch_size)
-        weight = (np.arange(batch_size) < stop - start).astype(np.float32)
-        sums = _sum_chunk(model, jnp.asarray(chunk), jnp.asarray(weight), suffixes)
-        sums = {s: np.asarray(v, np.float64) for s, v in sums.items()}
-        total = sums if total is None else {s: total[s] + sums[s] for s in suffixes}
+    batch = prompts(model.cfg, tokens, attention_mask)
+    taps = tuple(taps)
+    keys = {t: site(t, model.cfg).key for t in taps}
+    total = stream(
+        lambda chunk, weight: _sums(model, chunk, frozenset(keys.values()), weight),
+        batch,
+        batch_size=batch_size,
+        desc="mean cache",
+        progress_bar=progress_bar,
+        weighted_sum=True,
+    )
+    sums, count = total
     dtype = model.embed.W_E.dtype
-    return {s: jnp.asarray(v / n, dtype) for s, v in total.items()}
+    means = {}
+    for t, key in keys.items():
+        n_lead = 1 if key.startswith("blocks.") else 0
+        tail = (1,) * (sums[key].ndim - n_lead - 1)
+        per_pos = np.maximum(count, 1).reshape(*(1,) * n_lead, -1, *tail)
+        means[t] = jnp.asarray(sums[key] / per_pos, dtype)
+    return means
 
 
 @eqx.filter_jit
-def _acts_chunk(model, tokens, suffixes, logits):
-    return jax.vmap(lambda t: _stacked_forward(model, t, suffixes, logits))(tokens)
+def _acts(model, batch, keys, logits):
+    def one(prompt):
+        x, records = activations(model, prompt, keys)
+        if not logits:
+            return records
+        h = jax.lax.dynamic_index_in_dim(x, prompt.answer, keepdims=True)
+        return model.unembed_resid(h, Taps(model.cfg))[0]
+
+    return jax.vmap(one)(batch)
 
 
 def stacked_activations(
     model: Transformer,
     tokens: Int[ArrayLike, "prompt pos"],
-    suffix: str,
+    tap: str,
     *,
+    attention_mask: ArrayLike | None = None,
     batch_size: int = 64,
     progress_bar: bool = False,
-) -> Float[Array, "prompt layer pos ..."]:
-    """Every layer of one block tap for every prompt, `[prompt, layer, pos, *tap_tail]`
-    (resample-ablation values, patching sources)."""
-    check_tokens(tokens, model.cfg.d_vocab)
-    tokens = np.asarray(tokens)
-    n = tokens.shape[0]
-    batch_size = min(batch_size, n)
-    out = []
-    for start, stop in progress(
-        chunks(n, batch_size), -(-n // batch_size), suffix, progress_bar
-    ):
-        chunk = jnp.asarray(pad_rows(tokens[start:stop], batch_size))
-        _, acts = _acts_chunk(model, chunk, (suffix,), False)
-        out.append(acts[suffix][: stop - start])
-    return jnp.concatenate(out)
+) -> Float[Array, "prompt ..."]:
+    """Every layer of one block tap (or a top-level tap such as `hook_embed`) for every
+    prompt, `[prompt, layer, pos, *tap_tail]` (resample-ablation values, patching
+    sources)."""
+    batch = prompts(model.cfg, tokens, attention_mask)
+    key = site(tap, model.cfg).key
+    return stream(
+        lambda chunk: _acts(model, chunk, frozenset({key}), False)[key],
+        batch,
+        batch_size=batch_size,
+        desc=tap,
+        progress_bar=progress_bar,
+    )
 
 
-def last_logits(
+def answer_logits(
     model: Transformer,
     tokens: Int[ArrayLike, "prompt pos"],
     *,
+    attention_mask: ArrayLike | None = None,
+    answer_pos: Int[ArrayLike, " prompt"] | None = None,
     batch_size: int = 64,
     progress_bar: bool = False,
 ) -> Float[Array, "prompt d_vocab"]:
-    """Last-position logits of every prompt (no other position is unembedded)."""
-    check_tokens(tokens, model.cfg.d_vocab)
-    tokens = np.asarray(tokens)
-    n = tokens.shape[0]
-    batch_size = min(batch_size, n)
-    out = []
-    for start, stop in progress(
-        chunks(n, batch_size), -(-n // batch_size), "logits", progress_bar
-    ):
-        chunk = jnp.asarray(pad_rows(tokens[start:stop], batch_size))
-        logits, _ = _acts_chunk(model, chunk, (), True)
-        out.append(logits[: stop - start])
-    return jnp.concatenate(out)
+    """The logits at each prompt's answer position (default: its last real token); no
+    other position is unembedded."""
+    batch = prompts(model.cfg, tokens, attention_mask, answer_pos)
+    return stream(
+        lambda chunk: _acts(model, chunk, frozenset(), True),
+        batch,
+        batch_size=batch_size,
+        desc="logits",
+        progress_bar=progress_bar,
+    )

@@ -6,7 +6,8 @@ Every kernel takes `metric(logits, *args)`: `logits` are the last-position logit
 (several metrics from one run: `lambda l, t: (target_logit(l, t), argmax(l))`). Kernels jit
 over the metric, so pass a module-level function (a new lambda per call recompiles).
 
-Names and formulas follow the paper's `metrics.py` (paper-spec §3, §4):
+Names and formulas follow the code of Nikankin et al. (2024), "Arithmetic Without
+Algorithms" (its `metrics.py`):
 * `indirect_effect` is Eq. 1: `0.5 * [(P*(r') - P(r')) / P(r') + (P(r) - P*(r)) / P*(r)]`
   with `P` the clean softmax and `P*` the patched one.
 * `normalized_logit` is `logit[correct] / max_v logit[v]` (§4), on vocabulary-centred
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 from .._typing import ArrayLike, Float, Int
 
 __all__ = [
+    "pick",
     "target_logit",
     "logit_diff",
     "target_prob",
@@ -37,24 +39,33 @@ Scalar = Float[ArrayLike, ""]
 Token = Int[ArrayLike, ""]
 
 
+def pick(values: Logits, token: Token) -> Scalar:
+    """`values[token]`, or NaN when `token` is not an id of the vocabulary (a plain JAX
+    gather would silently clamp or wrap it to another token)."""
+    token = jnp.asarray(token)
+    n = values.shape[-1]
+    valid = (token >= 0) & (token < n)
+    return jnp.where(valid, values[jnp.clip(token, 0, n - 1)], jnp.nan)
+
+
 def target_logit(logits: Logits, target: Token) -> Scalar:
     """`logits[target]`."""
-    return logits[target]
+    return pick(logits, target)
 
 
 def logit_diff(logits: Logits, correct: Token, wrong: Token) -> Scalar:
     """`logits[correct] - logits[wrong]`."""
-    return logits[correct] - logits[wrong]
+    return pick(logits, correct) - pick(logits, wrong)
 
 
 def target_prob(logits: Logits, target: Token) -> Scalar:
     """Softmax probability of `target`."""
-    return jax.nn.softmax(logits)[target]
+    return pick(jax.nn.softmax(logits), target)
 
 
 def log_prob(logits: Logits, target: Token) -> Scalar:
     """Log-softmax of `target`."""
-    return jax.nn.log_softmax(logits)[target]
+    return pick(jax.nn.log_softmax(logits), target)
 
 
 def argmax(logits: Logits) -> Token:
@@ -63,15 +74,18 @@ def argmax(logits: Logits) -> Token:
 
 
 def accuracy(logits: Logits, target: Token) -> Scalar:
-    """1.0 where the argmax is `target`, else 0.0 (mean it over prompts)."""
-    return (jnp.argmax(logits) == target).astype(logits.dtype)
+    """1.0 where the argmax is `target`, else 0.0 (mean it over prompts); NaN when a logit
+    is not finite or `target` is not an id, so that a broken run never counts as right."""
+    hit = (jnp.argmax(logits) == target).astype(logits.dtype)
+    valid = jnp.isfinite(logits).all() & ~jnp.isnan(pick(logits, target))
+    return jnp.where(valid, hit, jnp.nan)
 
 
 def normalized_logit(logits: Logits, target: Token, center: bool = False) -> Scalar:
     """`logit[target] / max logit` (paper §4), optionally on vocabulary-centred logits."""
     if center:
         logits = logits - logits.mean()
-    return logits[target] / logits.max()
+    return pick(logits, target) / logits.max()
 
 
 def kl_div(logits: Logits, ref_logits: Logits) -> Scalar:
@@ -81,10 +95,9 @@ def kl_div(logits: Logits, ref_logits: Logits) -> Scalar:
 
 
 def _ie(clean: Logits, patched: Logits, r: Token, r_prime: Token) -> Scalar:
-    return 0.5 * (
-        (patched[r_prime] - clean[r_prime]) / clean[r_prime]
-        + (clean[r] - patched[r]) / patched[r]
-    )
+    c_r, c_rp = pick(clean, r), pick(clean, r_prime)
+    p_r, p_rp = pick(patched, r), pick(patched, r_prime)
+    return 0.5 * ((p_rp - c_rp) / c_rp + (c_r - p_r) / p_r)
 
 
 def indirect_effect(
@@ -110,4 +123,4 @@ def indirect_effect_logits(
 
 def logit_and_argmax(logits: Logits, target: Token) -> tuple[Scalar, Token]:
     """`(logits[target], argmax)`: target logit and prediction from one run."""
-    return logits[target], jnp.argmax(logits)
+    return pick(logits, target), jnp.argmax(logits)

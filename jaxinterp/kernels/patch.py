@@ -1,22 +1,21 @@
 """Activation patching and path patching sweeps, each one compiled program.
 
 Terminology: the *base* run is the one being edited and the *source* run supplies the patched
-values. Noising (the paper's §3: corrupt activations into the clean run) is
-`base=clean, source=corrupt`; denoising is the reverse.
+values. Noising (corrupt activations into the clean run) is `base=clean, source=corrupt`;
+denoising is the reverse. Base and source prompts are aligned position by position (pad them
+to one length with `attention_mask` / `source_mask` when ragged).
 
 `activation_patching` patches one cell at a time: `(layer, pos, head)` for head taps such as
-`attn.hook_z`, `(layer, pos)` for `mlp.hook_post` / residual taps. Cells are one-hot masks of a
-stacked `Replace` edit, `vmap`ped in one program. A patch at `(l, p)` cannot change layers
-below `l` or positions before `p`, so the program runs the base prompt once (capturing the
-residual at the start of each layer group and every layer's keys/values), and each cell runs
-only layers `>= start of its group` on positions `>= p`, continuing the base cache of positions
-`< p`. Positions are a static loop inside the program (one sub-program per position and layer
-group; more groups save FLOPs but add compile time).
+`attn.hook_z`, `(layer, pos)` for `mlp.hook_post` / residual taps, `(pos,)` for `hook_embed`.
+A patch at `(l, p)` cannot change layers below `l` or positions before `p`, so each prompt's
+base run is done once (keeping the residual at the start of each layer group and every
+layer's keys/values), and each cell runs only layers `>= start of its group` on positions
+`>= p` (see `sweep`). Positions are a static loop inside the program (one sub-program per
+position and layer group; more groups save FLOPs but add compile time).
 
 `patch_cells` patches an arbitrary list of cells (the exact reference for attribution
-patching on a sample of neurons), recomputing only layers and positions at or after the
-earliest listed cell. `path_patching` patches senders' outputs into
-receivers' inputs only (IOI-style).
+patching), recomputing only layers and positions at or after the earliest listed cell.
+`path_patching` patches senders' outputs into receivers' inputs only (IOI-style).
 """
 
 from collections.abc import Callable, Sequence
@@ -26,22 +25,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._typing import ArrayLike, Bool, Int
+from .._typing import Array, ArrayLike, Bool, Int, PyTree, Shaped
 from ..edits import Replace
+from ..inputs import prompts
 from ..model import Transformer
-from ..taps import every_layer
-from ._stream import (
-    chunks,
-    head_rows,
-    pad_rows,
-    padded_slice,
-    progress,
-    stacked_names,
-    tail_shape,
-)
-from .ablate import unit_mask
-from .layers import clean_prefix, embed, forward_layers, unembed
-from .run import check_tokens, kv_names
+from ..taps import Taps, every_layer
+from .batching import stream
+from .run import run_cached
+from .sweep import EMBED, State, activations, site, start_at, sweep, unit_mask
 
 __all__ = ["activation_patching", "patch_cells", "path_patching", "layer_groups"]
 
@@ -53,82 +44,79 @@ def layer_groups(n_layers: int, n_groups: int) -> tuple[tuple[int, int], ...]:
     return tuple((int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True))
 
 
-def _stacked(model, tokens, suffixes, extra=frozenset()):
-    """One full-depth pass (no unembedding): stacked `[layer, pos, ...]` taps + extras."""
-    n = model.cfg.n_layers
-    names = frozenset(m for s in suffixes for m in stacked_names(s, range(n))) | extra
-    x, rec = forward_layers(model, embed(model, tokens), 0, capture=names, logits=False)
-    stacked = {
-        s: jnp.stack([rec[m] for m in stacked_names(s, range(n))]) for s in suffixes
-    }
-    return x, stacked, rec
-
-
-def _check_pair(model, base_tokens, source_tokens):
-    check_tokens(base_tokens, model.cfg.d_vocab)
-    check_tokens(source_tokens, model.cfg.d_vocab)
-    base, source = np.asarray(base_tokens), np.asarray(source_tokens)
-    if base.shape != source.shape or base.ndim != 2:
+def _pairs(model, base, source, margs, attention_mask, source_mask, answer_pos):
+    """The batched inputs of a base/source sweep: validated prompts (same shape) and the
+    metric's arguments."""
+    base = prompts(model.cfg, base, attention_mask, answer_pos)
+    source_mask = attention_mask if source_mask is None else source_mask
+    source = prompts(model.cfg, source, source_mask)
+    if base.tokens.shape != source.tokens.shape:
         raise ValueError(
-            f"base/source must both be [prompt, pos]: {base.shape} {source.shape}"
+            f"base and source must have one shape [prompt, pos]: {base.tokens.shape} vs "
+            f"{source.tokens.shape}"
         )
-    return base, source
+    margs = jax.tree.map(np.asarray, tuple(margs))
+    return {"base": base, "source": source, "margs": margs}
+
+
+def _cells_of(where, per_head: bool, group: tuple[int, int], n_layers: int):
+    """One-hot `[cell, *lead, *unit]` masks of the cells of a layer group, layer-major."""
+    s, e = group
+    if s == EMBED:
+        return np.ones((1,), bool)  # the whole tap at one position
+    layers = np.eye(n_layers, dtype=bool)[s:e]
+    if not per_head:
+        return layers
+    units = np.eye(where.tail[0], dtype=bool)
+    return (layers[:, None, :, None] & units[None, :, None, :]).reshape(
+        -1, n_layers, where.tail[0]
+    )
 
 
 @eqx.filter_jit
-def _patch_chunk(model, base, source, margs, tap, per_head, positions, groups, metric):
+def _patch(model, batch, where, per_head, positions, groups, p_max, metric):
     cfg = model.cfg
-    tail = tail_shape(tap, cfg)
-    n_unit = tail[0] if per_head else 1
-    k_names, v_names = kv_names(cfg)
-    starts = frozenset(f"blocks.{s}.hook_resid_pre" for s, _ in groups)
+    unit_axes = (where.tail[0],) if per_head else ()
+    starts = frozenset(f"blocks.{s}.hook_resid_pre" for s, _ in groups if s >= 0)
 
-    def per_prompt(base, source, margs):
-        _, src, _ = _stacked(model, source, (tap,))
-        src = src[tap]
-        _, _, rec = _stacked(model, base, (), starts | frozenset(k_names + v_names))
-        K = jnp.stack([rec[n] for n in k_names])
-        V = jnp.stack([rec[n] for n in v_names])
+    def per_prompt(item):
+        base, margs = item["base"], item["margs"]
+        src = activations(model, item["source"], frozenset({where.key}))[1][where.key]
+        span = model.span(base.tokens.shape[0], attention_mask=base.mask)
+        x0 = model.embed_tokens(base.tokens, span, Taps(cfg))
+        _, (K, V), rec = run_cached(model, x0, span, capture=starts)
         by_pos = []
         for p in positions:
+            q = min(p, p_max)  # the run starts at or before every answer position
+            hot = jnp.arange(base.tokens.shape[0] - q) == p - q
+            hot = hot.reshape(*(1,) * len(where.lead), -1, *(1,) * len(where.tail))
+            value = jax.lax.slice_in_dim(src, q, None, axis=len(where.lead))
             by_group = []
             for s, e in groups:
-                x = rec[f"blocks.{s}.hook_resid_pre"][p:]
-                kv = None if p == 0 else (K[s:, :p], V[s:, :p])
-                layer_hot = np.eye(cfg.n_layers - s, dtype=bool)[: e - s]  # [g, n - s]
-                unit_hot = np.eye(n_unit, dtype=bool)
-                cells_l = np.repeat(layer_hot, n_unit, axis=0)
-                cells_u = np.tile(unit_hot, (e - s, 1))
-                pos_hot = np.arange(base.shape[0] - p) == 0
+                x = x0 if s == EMBED else rec[f"blocks.{s}.hook_resid_pre"]
+                kv = None if q == 0 else (K[max(s, 0) :, :q], V[max(s, 0) :, :q])
+                state = State(x[q:], base.tokens[q:], span.split(q)[1], kv)
+                cells = jnp.asarray(_cells_of(where, per_head, (s, e), cfg.n_layers))
 
-                def per_cell(lh, uh, x=x, kv=kv, s=s, p=p, pos_hot=pos_hot):
-                    unit = lh[:, None] & uh[None, :] if per_head else lh
-                    where = unit_mask(unit, tail) & pos_hot.reshape(
-                        1, -1, *(1,) * len(tail)
-                    )
-                    edit = Replace(src[s:, p:], where)
-                    h, _ = forward_layers(
-                        model,
-                        x,
-                        s,
-                        edits={every_layer(tap): edit},
-                        past_kv=kv,
-                        logits=False,
-                    )
-                    return metric(unembed(model, h[-1]), *margs)
+                def edits(cell, value=value, hot=hot):
+                    return {where.key: Replace(value, unit_mask(cell, where) & hot)}
 
-                out = jax.vmap(per_cell)(jnp.asarray(cells_l), jnp.asarray(cells_u))
+                out = sweep(
+                    model, state, s, cells, edits, metric, margs, base.answer - q
+                )
+                rows = 1 if s == EMBED else e - s
                 by_group.append(
-                    jax.tree.map(lambda a, e=e, s=s: a.reshape(e - s, n_unit), out)
+                    jax.tree.map(
+                        lambda a, r=rows: a.reshape(r, *unit_axes, *a.shape[1:]), out
+                    )
                 )
             by_pos.append(jax.tree.map(lambda *a: jnp.concatenate(a), *by_group))
         out = jax.tree.map(
             lambda *a: jnp.stack(a, axis=1), *by_pos
-        )  # [layer, pos, unit]
-        return out if per_head else jax.tree.map(lambda a: a[..., 0], out)
+        )  # [layer, pos, ...]
+        return out if where.stacked else jax.tree.map(lambda a: a[0], out)
 
-    out = jax.vmap(per_prompt)(base, source, margs)
-    return jax.tree.map(lambda a: jnp.moveaxis(a, 0, -1), out)
+    return jax.vmap(per_prompt)(batch)
 
 
 def activation_patching(
@@ -142,190 +130,200 @@ def activation_patching(
     per_head: bool | None = None,
     positions: Sequence[int] | None = None,
     n_layer_groups: int = 2,
+    attention_mask: ArrayLike | None = None,
+    source_mask: ArrayLike | None = None,
+    answer_pos: Int[ArrayLike, " prompt"] | None = None,
     batch_size: int = 8,
     progress_bar: bool = True,
-):
+) -> PyTree[Shaped[Array, "prompt ..."]]:
     """Metric after patching each single cell of `tap` from the source run into the base run.
 
     Arguments:
         model: the transformer.
         base_tokens, source_tokens: `[prompt, pos]` pairs (same length).
-        metric: `metric(last_logits, *args)`; `metric_args` have a leading `prompt` axis.
-        tap: block tap suffix (`"attn.hook_z"`, `"mlp.hook_post"`, `"hook_resid_pre"`, ...).
+        metric: `metric(logits, *args)` at each prompt's answer position; `metric_args`
+            have a leading `prompt` axis.
+        tap: block tap suffix (`"attn.hook_z"`, `"mlp.hook_post"`, `"hook_resid_pre"`, ...)
+            or `"hook_embed"` / `"hook_pos_embed"` (cells are then positions).
         per_head: split cells along the tap's first per-position axis (heads); default True
             for `attn.hook_z` / `hook_q` / `hook_result`, False otherwise.
         positions: positions to patch (default all), static.
         n_layer_groups: layer groups sharing one start layer (see the module docstring).
+        attention_mask, source_mask: `[prompt, pos]` padding masks of base and source
+            (`source_mask` defaults to `attention_mask`).
+        answer_pos: `[prompt]` positions the metric reads (default: last real token).
         batch_size: prompts per device call (each runs every cell).
         progress_bar: tqdm over prompt batches.
 
     Returns:
-        The metric's output with leading axes `[layer, pos, head, prompt]` (no `head` axis
-        when `per_head` is False), `pos` running over `positions`.
+        The metric's output with leading axes `[prompt, layer, pos, head]` (no `head` axis
+        when `per_head` is False, no `layer` axis for a top-level tap), `pos` running over
+        `positions`.
     """
-    base, source = _check_pair(model, base_tokens, source_tokens)
-    n_prompt, n_pos = base.shape
+    padding = (attention_mask, source_mask, answer_pos)
+    batch = _pairs(model, base_tokens, source_tokens, metric_args, *padding)
+    n_pos = batch["base"].tokens.shape[1]
+    where = site(tap, model.cfg)
     if per_head is None:
-        per_head = tap in ("attn.hook_z", "attn.hook_q", "attn.hook_result")
-    positions = tuple(
-        range(n_pos) if positions is None else (p % n_pos for p in positions)
+        heads = ("attn.hook_z", "attn.hook_q", "attn.hook_result")
+        per_head = where.key in tuple(every_layer(h) for h in heads)
+    if per_head and not where.stacked:
+        raise ValueError(f"per_head cells need a head tap, not {tap!r}")
+    positions = tuple(sorted({int(p) % n_pos for p in positions or range(n_pos)}))
+    if where.stacked:
+        groups = layer_groups(model.cfg.n_layers, n_layer_groups)
+    else:
+        groups = ((EMBED, 0),)
+    p_max = int(batch["base"].answer.min())
+
+    def chunk(batch):
+        return _patch(model, batch, where, per_head, positions, groups, p_max, metric)
+
+    return stream(
+        chunk, batch, batch_size=batch_size, desc="patch", progress_bar=progress_bar
     )
-    groups = layer_groups(model.cfg.n_layers, n_layer_groups)
-    margs = jax.tree.map(np.asarray, tuple(metric_args))
-    batch_size = min(batch_size, n_prompt)
-    outs = []
-    for start, stop in progress(
-        chunks(n_prompt, batch_size), -(-n_prompt // batch_size), "patch", progress_bar
-    ):
-        sl = slice(start, stop)
-        out = _patch_chunk(
-            model,
-            jnp.asarray(pad_rows(base[sl], batch_size)),
-            jnp.asarray(pad_rows(source[sl], batch_size)),
-            padded_slice(margs, start, stop, batch_size),
-            tap,
-            per_head,
-            positions,
-            groups,
-            metric,
+
+
+def _cell_mask(cell, where, n_pos):
+    """Boolean `[*lead, pos, *tail]` mask of one cell `(layer, pos[, unit])` (`(pos[,
+    unit])` for a top-level site), positions counted from the run's start."""
+    n_lead = len(where.lead)
+    mask = jnp.arange(n_pos) == cell[n_lead]
+    if n_lead:
+        mask = (jnp.arange(where.lead[0]) == cell[0])[:, None] & mask[None]
+    mask = mask.reshape(*mask.shape, *(1,) * len(where.tail))
+    if cell.shape[0] == n_lead + 2:
+        unit_hot = jnp.arange(where.tail[0]) == cell[-1]
+        mask = mask & unit_hot.reshape(
+            *(1,) * (n_lead + 1), -1, *(1,) * (len(where.tail) - 1)
         )
-        outs.append(head_rows(out, stop - start, axis=-1))
-    return jax.tree.map(lambda *a: jnp.concatenate(a, axis=-1), *outs)
-
-
-def _cell_mask(cell, n_layers, n_pos, tail):
-    """Boolean `[layer, pos, *tail]` mask of one cell `(layer, pos[, unit])`."""
-    layer_hot = jnp.arange(n_layers) == cell[0]
-    pos_hot = jnp.arange(n_pos) == cell[1]
-    mask = layer_hot[:, None] & pos_hot[None, :]
-    mask = mask.reshape(n_layers, n_pos, *(1,) * len(tail))
-    if cell.shape[0] == 3:
-        unit_hot = jnp.arange(tail[0]) == cell[2]
-        mask = mask & unit_hot.reshape(1, 1, tail[0], *(1,) * (len(tail) - 1))
     return mask
 
 
 @eqx.filter_jit
-def _cells_chunk(model, base, source, cells, margs, tap, L, p0, metric):
-    cfg = model.cfg
-    tail = tail_shape(tap, cfg)
-    n_pos = base.shape[1] - p0
-    # cells relative to the block (layers >= L, positions >= p0) that is recomputed
-    offset = jnp.asarray([L, p0] + [0] * (cells.shape[1] - 2), cells.dtype)
+def _cells(model, batch, cells, where, L, p0, metric):
+    n_lead = len(where.lead)
+    offset = jnp.zeros(cells.shape[1], cells.dtype).at[n_lead].set(p0)
 
-    def per_prompt(base, source, margs):
-        _, src, _ = _stacked(model, source, (tap,))
-        src = src[tap][L:, p0:]
-        x, kv = clean_prefix(model, base, L, p0)
+    def per_prompt(item):
+        base, margs = item["base"], item["margs"]
+        src = activations(model, item["source"], frozenset({where.key}))[1][where.key]
+        src = jax.lax.slice_in_dim(src, p0, None, axis=n_lead)
+        state = start_at(model, base, L, p0)
+        n_run = base.tokens.shape[0] - p0
 
-        def per_cell(cell):
-            where = _cell_mask(cell - offset, cfg.n_layers - L, n_pos, tail)
-            h, _ = forward_layers(
-                model,
-                x,
-                L,
-                edits={every_layer(tap): Replace(src, where)},
-                past_kv=kv,
-                logits=False,
-            )
-            return metric(unembed(model, h[-1]), *margs)
+        def edits(cell):
+            return {where.key: Replace(src, _cell_mask(cell - offset, where, n_run))}
 
-        return jax.vmap(per_cell)(cells)
+        return sweep(model, state, L, cells, edits, metric, margs, base.answer - p0)
 
-    out = jax.vmap(per_prompt)(base, source, margs)
-    return jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), out)
+    return jax.vmap(per_prompt)(batch)
 
 
 def patch_cells(
     model: Transformer,
     base_tokens: Int[ArrayLike, "prompt pos"],
     source_tokens: Int[ArrayLike, "prompt pos"],
-    cells: Int[ArrayLike, "cell 2"] | Int[ArrayLike, "cell 3"],
+    cells: Int[ArrayLike, "cell index"],
     *,
     metric: Callable,
     metric_args: tuple = (),
     tap: str = "mlp.hook_post",
+    attention_mask: ArrayLike | None = None,
+    source_mask: ArrayLike | None = None,
+    answer_pos: Int[ArrayLike, " prompt"] | None = None,
     batch_size: int = 64,
     progress_bar: bool = True,
-):
-    """Metric after patching each listed cell `(layer, pos)` or `(layer, pos, unit)` (unit =
-    index into the tap's first per-position axis: neuron, head) from source into base.
+) -> PyTree[Shaped[Array, "prompt cell ..."]]:
+    """Metric after patching each listed cell from source into base.
 
-    `batch_size` cells per device call over all prompts at once. As in `ablate`, layers
-    below the lowest listed layer `L` and positions before the earliest listed position
-    `p0` run once per prompt (clean base run and its keys/values); each cell recomputes
-    layers `>= L` at positions `>= p0` only (one token for last-position cells).
+    Arguments:
+        cells: `[cell, 2]` rows `(layer, pos)` or `[cell, 3]` rows `(layer, pos, unit)`
+            (unit = index into the tap's first per-position axis: neuron, head); for a
+            top-level tap (`hook_embed`) `(pos,)` or `(pos, unit)`.
+        batch_size: cells per device call, over all prompts at once.
+        Other arguments as in `activation_patching`.
 
-    Returns the metric's output with leading axes `[cell, prompt]`.
+    Layers below the lowest listed layer and positions before the earliest listed position
+    (or answer position) run once per prompt; each cell recomputes only the rest.
+
+    Returns:
+        The metric's output with leading axes `[prompt, cell]`.
     """
-    base, source = _check_pair(model, base_tokens, source_tokens)
+    padding = (attention_mask, source_mask, answer_pos)
+    batch = _pairs(model, base_tokens, source_tokens, metric_args, *padding)
+    n_pos = batch["base"].tokens.shape[1]
+    where = site(tap, model.cfg)
+    n_lead = len(where.lead)
     cells = np.asarray(cells)
-    n_cell = cells.shape[0]
-    if cells.ndim != 2 or cells.shape[1] not in (2, 3) or n_cell == 0:
-        raise ValueError(f"cells must be [cell, 2] or [cell, 3] indices: {cells.shape}")
-    cells = cells.copy()
-    cells[:, 1] %= base.shape[1]
-    L, p0 = int(cells[:, 0].min()), int(cells[:, 1].min())
-    margs = tuple(jnp.asarray(a) for a in metric_args)
-    batch_size = min(batch_size, n_cell)
-    outs = []
-    for start, stop in progress(
-        chunks(n_cell, batch_size), -(-n_cell // batch_size), "cells", progress_bar
+    if (
+        cells.ndim != 2
+        or len(cells) == 0
+        or cells.shape[1] not in (n_lead + 1, n_lead + 2)
     ):
-        chunk = jnp.asarray(pad_rows(cells[start:stop], batch_size))
-        out = _cells_chunk(
-            model,
-            jnp.asarray(base),
-            jnp.asarray(source),
-            chunk,
-            margs,
-            tap,
-            L,
-            p0,
-            metric,
+        raise ValueError(
+            f"cells for {tap!r} must be [cell, {n_lead + 1}] or [cell, {n_lead + 2}] "
+            f"indices, got shape {cells.shape}"
         )
-        outs.append(head_rows(out, stop - start))
-    return jax.tree.map(lambda *a: jnp.concatenate(a), *outs)
+    if not np.issubdtype(cells.dtype, np.integer):
+        raise ValueError(f"cells must be integer indices, got {cells.dtype}")
+    cells = cells.astype(np.int32)
+    limits = [*where.lead, n_pos, *where.tail[:1]][: cells.shape[1]]
+    for i, size in enumerate(limits):
+        if ((cells[:, i] < -size) | (cells[:, i] >= size)).any():
+            raise ValueError(
+                f"cell index column {i} outside [0, {size}): {cells[:, i]}"
+            )
+        cells[:, i] %= size
+    L = int(cells[:, 0].min()) if n_lead else EMBED
+    p0 = min(int(cells[:, n_lead].min()), int(batch["base"].answer.min()))
+    batch = jax.tree.map(jnp.asarray, batch)
+
+    def chunk(cells):
+        return _cells(model, batch, cells, where, L, p0, metric)
+
+    return stream(
+        chunk,
+        cells,
+        batch_size=batch_size,
+        desc="cells",
+        progress_bar=progress_bar,
+        axis=1,
+    )
 
 
 @eqx.filter_jit
-def _path_chunk(
-    model, base, source, senders, receivers, margs, receiver_tap, freeze_mlps, metric
-):
+def _path(model, batch, senders, receivers, where_r, L_r, stop_r, freeze_mlps, metric):
     cfg = model.cfg
-    r_tail = tail_shape(receiver_tap, cfg)
-    frozen = ("attn.hook_z",) + (("mlp.hook_post",) if freeze_mlps else ())
+    z_key = every_layer("attn.hook_z")
+    mlp_key = every_layer("mlp.hook_post")
+    frozen = frozenset({z_key, mlp_key} if freeze_mlps else {z_key})
+    receive = unit_mask(receivers, where_r)
 
-    def per_prompt(base, source, margs):
-        _, clean, _ = _stacked(model, base, frozen)
-        _, corrupt, _ = _stacked(model, source, ("attn.hook_z",))
-        x0 = embed(model, base)
-        where_r = unit_mask(receivers, r_tail)
+    def per_prompt(item):
+        base, margs = item["base"], item["margs"]
+        clean = activations(model, base, frozen)[1]
+        corrupt = activations(model, item["source"], frozenset({z_key}))[1][z_key]
+        span = model.span(base.tokens.shape[0], attention_mask=base.mask)
+        x0 = model.embed_tokens(base.tokens, span, Taps(cfg))
+        state = start_at(model, base, L_r, 0)
 
-        def per_set(sender):
-            z = jnp.where(
-                sender[:, None, :, None], corrupt["attn.hook_z"], clean["attn.hook_z"]
-            )
-            edits = {every_layer("attn.hook_z"): Replace(z)}
+        def edits(sender):
+            # (1) senders from the source, every other head (and MLP) frozen to the base
+            z = jnp.where(sender[:, None, :, None], corrupt, clean[z_key])
+            frozen_edits = {z_key: Replace(z)}
             if freeze_mlps:
-                edits[every_layer("mlp.hook_post")] = Replace(clean["mlp.hook_post"])
-            names = frozenset(stacked_names(receiver_tap, range(cfg.n_layers)))
-            _, rec = forward_layers(
-                model, x0, 0, capture=names, edits=edits, logits=False
-            )
-            value = jnp.stack(
-                [rec[n] for n in stacked_names(receiver_tap, range(cfg.n_layers))]
-            )
-            edit = Replace(value, where_r)
-            h, _ = forward_layers(
-                model, x0, 0, edits={every_layer(receiver_tap): edit}, logits=False
-            )
-            return metric(unembed(model, h[-1]), *margs)
+                frozen_edits[mlp_key] = Replace(clean[mlp_key])
+            taps = Taps(cfg, frozenset({where_r.key}), frozen_edits)
+            model.run_blocks(x0, span, taps, 0, stop_r)
+            value = taps.records[where_r.key]  # [stop_r, pos, *tail]
+            pad = jnp.zeros((cfg.n_layers - stop_r, *value.shape[1:]), value.dtype)
+            # (2) only the receivers take those values; everything after them recomputes
+            return {where_r.key: Replace(jnp.concatenate([value, pad]), receive)}
 
-        return jax.vmap(per_set)(senders)
+        return sweep(model, state, L_r, senders, edits, metric, margs, base.answer)
 
-    out = jax.vmap(per_prompt)(base, source, margs)
-    return jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), out)
+    return jax.vmap(per_prompt)(batch)
 
 
 def path_patching(
@@ -339,9 +337,12 @@ def path_patching(
     metric_args: tuple = (),
     receiver_tap: str = "attn.hook_q",
     freeze_mlps: bool = True,
+    attention_mask: ArrayLike | None = None,
+    source_mask: ArrayLike | None = None,
+    answer_pos: Int[ArrayLike, " prompt"] | None = None,
     batch_size: int = 8,
     progress_bar: bool = True,
-):
+) -> PyTree[Shaped[Array, "prompt set ..."]]:
     """Path patching from sender heads to receiver inputs, for many sender sets at once.
 
     For each sender set (a `[layer, head_index]` mask): (1) run the base prompt with the
@@ -359,30 +360,40 @@ def path_patching(
             for residual taps such as `hook_resid_pre`); all positions.
         receiver_tap: the receivers' input tap suffix.
         freeze_mlps: also freeze MLP activations to the base run.
+        Other arguments as in `activation_patching`.
 
     Returns:
-        The metric's output with leading axes `[set, prompt]`.
+        The metric's output with leading axes `[prompt, set]`.
     """
-    base, source = _check_pair(model, base_tokens, source_tokens)
-    n_prompt = base.shape[0]
-    senders, receivers = jnp.asarray(senders), jnp.asarray(receivers)
-    margs = jax.tree.map(np.asarray, tuple(metric_args))
-    batch_size = min(batch_size, n_prompt)
-    outs = []
-    for start, stop in progress(
-        chunks(n_prompt, batch_size), -(-n_prompt // batch_size), "path", progress_bar
-    ):
-        sl = slice(start, stop)
-        out = _path_chunk(
+    cfg = model.cfg
+    padding = (attention_mask, source_mask, answer_pos)
+    batch = _pairs(model, base_tokens, source_tokens, metric_args, *padding)
+    where_r = site(receiver_tap, cfg)
+    senders, receivers = np.asarray(senders), np.asarray(receivers)
+    if senders.shape[1:] != (cfg.n_layers, cfg.n_heads) or senders.dtype != np.bool_:
+        raise ValueError(
+            f"senders must be bool [set, {cfg.n_layers}, {cfg.n_heads}]: {senders.shape}"
+        )
+    if not where_r.stacked or receivers.dtype != np.bool_ or not receivers.any():
+        raise ValueError(
+            "receivers must be a non-empty bool [layer, *unit] block-tap mask"
+        )
+    hit = receivers.reshape(cfg.n_layers, -1).any(1)
+    L_r, stop_r = int(np.argmax(hit)), cfg.n_layers - int(np.argmax(hit[::-1]))
+
+    def chunk(batch):
+        return _path(
             model,
-            jnp.asarray(pad_rows(base[sl], batch_size)),
-            jnp.asarray(pad_rows(source[sl], batch_size)),
-            senders,
-            receivers,
-            padded_slice(margs, start, stop, batch_size),
-            receiver_tap,
+            batch,
+            jnp.asarray(senders),
+            jnp.asarray(receivers),
+            where_r,
+            L_r,
+            stop_r,
             freeze_mlps,
             metric,
         )
-        outs.append(head_rows(out, stop - start, axis=1))
-    return jax.tree.map(lambda *a: jnp.concatenate(a, axis=1), *outs)
+
+    return stream(
+        chunk, batch, batch_size=batch_size, desc="path", progress_bar=progress_bar
+    )

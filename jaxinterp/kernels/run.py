@@ -1,101 +1,111 @@
-"""`run`: the single jitted forward with capture and edits, and KV-cache helpers.
+"""`run`: the single jitted forward with capture and edits, and the KV-cache builder.
 
 One compile per (model structure, token shape, capture set, edit structure): `capture` is a
 static frozenset and the edits dict's keys and classes are its treedef, while edit arrays are
-traced. Sweeps therefore `vmap` over edit values inside one program.
+traced (edit fields are always arrays, so a new value never recompiles). Sweeps therefore
+`vmap` over edit values inside one program.
 """
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from .._typing import Array, ArrayLike
+from .._typing import Array, ArrayLike, Float, Int
 from ..config import TransformerConfig
 from ..edits import AbstractEdit
-from ..model import Transformer
-from ..taps import Taps
+from ..inputs import check_mask, check_tokens
+from ..model import Span, Transformer
+from ..taps import Taps, resolve_capture
 
-__all__ = ["run", "forward", "kv_cache", "kv_names", "stack_kv", "check_tokens"]
+__all__ = ["run", "forward", "kv_names", "kv_cache", "run_cached"]
 
 
 @eqx.debug.assert_max_traces(max_traces=None)
 def forward(
     model: Transformer,
-    tokens: Array,
+    tokens: Int[Array, " pos"],
     capture: frozenset[str] = frozenset(),
     edits: Mapping[str, AbstractEdit] | None = None,
     past_kv: tuple[Array, Array] | None = None,
-    past_len: Array | None = None,
-) -> tuple[Array, dict[str, Array]]:
-    """Unjitted, unbatched forward returning `(logits, records)`: the building block that
-    kernels vmap, grad and jit themselves. `past_kv` continues a cached prefix (`past_len`
-    valid slots of a preallocated cache, see `Transformer.__call__`)."""
+    past_len: Int[Array, ""] | None = None,
+    attention_mask: Array | None = None,
+) -> tuple[Float[Array, "pos d_vocab"], dict[str, Array]]:
+    """Unjitted, unbatched forward returning `(logits, records)`: what `run` jits and
+    vmaps. Arguments as in `Transformer.__call__` and `run`."""
     taps = Taps(model.cfg, capture, edits)
-    logits = model(tokens, taps, past_kv, past_len)
+    logits = model(tokens, taps, past_kv, past_len, attention_mask)
     return logits, taps.records
 
 
-def kv_names(cfg: TransformerConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Tap names whose values form the KV cache: rotated keys (plain keys for learned
-    positions) and values, for every layer."""
+def kv_names(cfg: TransformerConfig) -> tuple[str, str]:
+    """The stacked taps that form the KV cache: rotated keys (plain keys for learned
+    positions) and values, `[layer, pos, kv_head_index, d_head]` each."""
     k = "attn.hook_rot_k" if cfg.positional == "rotary" else "attn.hook_k"
-    layers = range(cfg.n_layers)
-    return (
-        tuple(f"blocks.{l}.{k}" for l in layers),
-        tuple(f"blocks.{l}.attn.hook_v" for l in layers),
-    )
+    return f"blocks.*.{k}", "blocks.*.attn.hook_v"
 
 
-def stack_kv(cfg: TransformerConfig, cache: Mapping[str, Array]) -> tuple[Array, Array]:
-    """`(K, V)`, each `[layer, (batch,) pos, kv_head_index, d_head]`, from captured taps."""
-    k_names, v_names = kv_names(cfg)
-    return jnp.stack([cache[n] for n in k_names]), jnp.stack(
-        [cache[n] for n in v_names]
-    )
+def run_cached(
+    model: Transformer,
+    x: Float[Array, "pos d_model"],
+    span: Span,
+    start: int = 0,
+    stop: int | None = None,
+    *,
+    past: tuple[Array, Array] | None = None,
+    capture: Iterable[str] = frozenset(),
+) -> tuple[Array, tuple[Array, Array], dict[str, Array]]:
+    """Blocks `[start, stop)` on `x`, also returning their KV cache: the one place a cache
+    is built (prefix reuse in sweeps and grids, generation).
+
+    Returns:
+        `(x_out, (K, V), records)`: the residual leaving block `stop - 1`, the keys and
+        values of layers `[start, stop)` at `past`'s positions followed by `x`'s, each
+        `[stop - start, n_slots + pos, kv_head_index, d_head]`, and any other captures.
+    """
+    k, v = kv_names(model.cfg)
+    taps = Taps(model.cfg, frozenset(capture) | {k, v})
+    x = model.run_blocks(x, span, taps, start, stop, past)
+    records = taps.records
+    K, V = records[k], records[v]
+    if past is not None:
+        K = jnp.concatenate([past[0], K], axis=1)
+        V = jnp.concatenate([past[1], V], axis=1)
+    return x, (K, V), records
 
 
-def kv_cache(model: Transformer, tokens: Array) -> tuple[Array, tuple[Array, Array]]:
-    """Unbatched prefix forward: `(logits, past_kv)` to continue with `forward(...,
-    past_kv=past_kv)` or `run(..., past_kv=past_kv)`."""
-    k_names, v_names = kv_names(model.cfg)
-    logits, cache = forward(model, tokens, frozenset(k_names + v_names))
-    return logits, stack_kv(model.cfg, cache)
+def kv_cache(
+    model: Transformer, tokens: Int[Array, " pos"]
+) -> tuple[Float[Array, "pos d_vocab"], tuple[Array, Array]]:
+    """Unbatched prefix forward: `(logits, past_kv)` to continue with `run(...,
+    past_kv=past_kv)` or `forward(..., past_kv=past_kv)`."""
+    span = model.span(tokens.shape[0])
+    x = model.embed_tokens(tokens, span, Taps(model.cfg))
+    x, kv, _ = run_cached(model, x, span)
+    return model.unembed_resid(x, Taps(model.cfg)), kv
 
 
 @eqx.filter_jit
-def _run(model, tokens, capture, edits, past_kv):
+def _run(model, tokens, capture, edits, past_kv, attention_mask):
     if tokens.ndim == 1:
-        return forward(model, tokens, capture, edits, past_kv)
+        return forward(model, tokens, capture, edits, past_kv, None, attention_mask)
     kv_axis = None if past_kv is None or past_kv[0].ndim == 4 else 1
-    return jax.vmap(forward, in_axes=(None, 0, None, None, kv_axis))(
-        model, tokens, capture, edits, past_kv
-    )
-
-
-def check_tokens(tokens: ArrayLike, d_vocab: int) -> None:
-    """Raises ValueError naming the first out-of-vocabulary id (concrete inputs only)."""
-    if isinstance(tokens, jax.core.Tracer):
-        return
-    arr = np.asarray(tokens)
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"tokens must be integer ids, got dtype {arr.dtype}")
-    bad = (arr < 0) | (arr >= d_vocab)
-    if bad.any():
-        raise ValueError(
-            f"token id {int(arr[bad].flat[0])} is out of vocabulary (d_vocab={d_vocab})"
-        )
+    mask_axis = None if attention_mask is None else 0
+    return jax.vmap(
+        lambda t, kv, m: forward(model, t, capture, edits, kv, None, m),
+        in_axes=(0, kv_axis, mask_axis),
+    )(tokens, past_kv, attention_mask)
 
 
 def run(
     model: Transformer,
-    tokens: ArrayLike,
+    tokens: Int[ArrayLike, "*batch pos"],
     *,
-    capture: Iterable[str] = (),
+    capture: Iterable[str] | Callable[[str], bool] = (),
     edits: Mapping[str, AbstractEdit] | None = None,
     past_kv: tuple[Array, Array] | None = None,
+    attention_mask: ArrayLike | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """Runs the model, capturing and editing taps.
 
@@ -103,16 +113,22 @@ def run(
         model: the transformer.
         tokens: `[pos]` or `[batch, pos]` token ids (edits are shared across the batch;
             `vmap` yourself for per-example edits).
-        capture: TL tap names to record (`blocks.3.mlp.hook_post`, ...).
+        capture: TL tap names to record (`blocks.3.mlp.hook_post`, ...); `blocks.*.X`
+            records `[layer, ...]` in one array; or a TransformerLens-style `names_filter`
+            callable `name -> bool` over the per-layer names.
         edits: TL tap name -> edit; a `blocks.*.<suffix>` key takes a stacked edit with a
             leading layer axis (see `jaxinterp.edits`).
         past_kv: optional cached prefix `(K, V)`, each `[layer, (batch,) n_past,
-            kv_head_index, d_head]` (from `kv_cache` / `stack_kv`); a cache without the batch
-            axis is shared by every sequence of the batch.
+            kv_head_index, d_head]` (from `kv_cache`); a cache without the batch axis is
+            shared by every sequence of the batch.
+        attention_mask: `[(batch,) pos]`, 1 for real tokens and 0 for padding (HF
+            semantics, left or right padding); position ids count real tokens only.
+            Values at padded positions are finite but meaningless.
 
     Returns:
         `(logits, cache)`: logits `[(batch,) pos, d_vocab]` and a plain dict from each
-        captured name to its value `[(batch,) *tap_shape]`.
+        captured name to its value `[(batch,) *tap_shape]` (`[(batch,) layer, ...]` for
+        stacked names).
     """
     check_tokens(tokens, model.cfg.d_vocab)
     tokens = jnp.asarray(tokens)
@@ -120,7 +136,9 @@ def run(
         raise ValueError(
             f"tokens must be [pos] or [batch, pos], got shape {tokens.shape}"
         )
-    if isinstance(capture, str):
-        raise TypeError("capture takes a collection of names, not a single string")
+    if attention_mask is not None and past_kv is not None:
+        raise ValueError("attention_mask with past_kv is not supported")
+    mask = check_mask(attention_mask, tokens.shape)
+    capture = resolve_capture(capture, model.cfg)
     edits = dict(edits) if edits is not None else None
-    return _run(model, tokens, frozenset(capture), edits, past_kv)
+    return _run(model, tokens, capture, edits, past_kv, mask)

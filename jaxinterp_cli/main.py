@@ -1,0 +1,276 @@
+"""The `jaxinterp` command: parse the command line and dispatch, nothing else.
+
+    jaxinterp models                         # registry: installed?, size, license, install
+    jaxinterp info smollm2-135m              # config, parameter count, dtype, source
+    jaxinterp generate smollm2-135m "The capital of France is" --max-new-tokens 20
+    jaxinterp convert smollm2-135m out/smol --format orbax
+    jaxinterp taps smollm2-135m "2 + 3 =" --tap blocks.5.mlp.hook_post
+    jaxinterp demo                           # the tour on the default model
+
+MODEL is a registry name, a `.gguf` file, an HF directory or an orbax store (see
+`converters.load`). Each command is a function of `jaxinterp_cli.commands` (`demo`:
+`jaxinterp_cli.tour`) called with the parsed options as keyword arguments.
+
+User mistakes print one line to stderr and exit with status 2; anything else is a bug and
+shows its traceback (as does any error with `--debug`). Which errors are user mistakes is
+decided by exception class alone (`_is_user_error`), never case by case:
+
+* `ValueError`: the library's class for bad input. `ConversionError` (a checkpoint or an
+  export that cannot be converted faithfully, a non-float dtype, an unreadable or unsafe
+  `pytorch_model.bin`), `jaxinterp.store.StoreError` (a damaged or inconsistent store),
+  `ChecksumMismatch`, unknown tap names, malformed JSON.
+* `OSError`: a missing or existing path, permissions, a full disk: the environment.
+* `ModelNotInstalled` and `commands.UserError`.
+
+The library keeps its side of this contract at its boundaries: where third-party code
+raises something else for bad input (torch's unpickler, orbax, einops), it is translated
+into one of these with a message that names the file and the entry. So a new kind of bad
+input needs a fix where it is read, not a new `except` here.
+
+JAX's persistent compilation cache is on unless `--no-compile-cache` is given: compiled XLA
+programs are kept under `$JAXINTERP_CACHE/xla` (default `~/.cache/jaxinterp/xla`), so a
+second run of the same command skips most compilation.
+"""
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+DEFAULT_MODEL = "smollm2-135m"
+DTYPES = ("float32", "bfloat16", "float16")
+MODEL_HELP = "registry name, .gguf file, HF directory or orbax store"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the `jaxinterp` command line.
+
+    Arguments:
+        argv: the arguments after the program name; default `sys.argv[1:]`.
+
+    Returns:
+        The exit status: 0 on success, 2 for usage errors and user mistakes.
+    """
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or an argparse usage error (already printed)
+        return e.code if isinstance(e.code, int) else 2
+    options = vars(args)
+    name = options.pop("command")
+    debug = options.pop("debug")
+    compile_cache = not options.pop("no_compile_cache")
+    try:
+        # Imported only now: --help and usage errors never import jax.
+        from . import commands
+
+        if compile_cache:
+            commands.enable_compile_cache()
+        return _command(name)(**options) or 0
+    except Exception as e:
+        if debug or not _is_user_error(e):
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"jaxinterp: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _command(name: str) -> Callable[..., int | None]:
+    if name == "demo":
+        from .tour import demo
+
+        return demo
+    from . import commands
+
+    return getattr(commands, name)
+
+
+def _is_user_error(e: Exception) -> bool:
+    from converters.registry import ModelNotInstalled
+
+    from .commands import UserError
+
+    # See the module docstring. KeyError / IndexError (the other LookupErrors), TypeError,
+    # AttributeError, RuntimeError, ... are left to traceback: from this library they are
+    # bugs (bad input is translated into ValueError where it is read).
+    return isinstance(e, (UserError, ValueError, OSError, ModelNotInstalled))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; each command sets `command` (a function name) and the keyword
+    arguments of that function.
+
+    Returns:
+        The `jaxinterp` parser.
+    """
+    parser = argparse.ArgumentParser(
+        prog="jaxinterp",
+        description=(
+            "Offline pretrained models for jaxinterp: list the registry, inspect, generate, "
+            "convert and capture activations (taps, named as TransformerLens hooks). MODEL "
+            "is a registry name (see `jaxinterp models`), a .gguf file, an HF model "
+            "directory or an orbax store written by `jaxinterp convert --format orbax`."
+        ),
+    )
+    _run_options(parser, default=False)
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    # Accepted after the command too; SUPPRESS keeps a value given before the command.
+    run_options = argparse.ArgumentParser(add_help=False)
+    _run_options(run_options, default=argparse.SUPPRESS)
+
+    loading = argparse.ArgumentParser(add_help=False, parents=[run_options])
+    loading.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=None,
+        help="parameter dtype (default: float32 for GGUF, the checkpoint's otherwise)",
+    )
+    loading.add_argument(
+        "--cache",
+        action="store_true",
+        help="reuse (or create) a converted copy under $JAXINTERP_CACHE "
+        "(default ~/.cache/jaxinterp) to skip dequantization next time",
+    )
+
+    p = sub.add_parser(
+        "models",
+        parents=[run_options],
+        help="list the model registry",
+        description="List registry models: installed?, size, license and install command.",
+    )
+    p.add_argument("--long", action="store_true", help="also print each description")
+    p.set_defaults(command="models")
+
+    p = sub.add_parser(
+        "info",
+        parents=[loading],
+        help="config, parameter count and dtype of a model",
+        description="Load MODEL and print its config, parameter count, dtype and source.",
+    )
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    p.set_defaults(command="info")
+
+    p = sub.add_parser(
+        "generate",
+        parents=[loading],
+        help="greedy continuation of a prompt",
+        description="Greedy (argmax) continuation of PROMPT; prints only the new text. "
+        "Stops early at the tokenizer's end-of-sequence token.",
+    )
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    p.add_argument(
+        "prompt", metavar="PROMPT", help="the text to continue (no chat template)"
+    )
+    p.add_argument(
+        "--max-new-tokens", type=_positive_int, default=32, metavar="N", help="(32)"
+    )
+    p.set_defaults(command="generate")
+
+    p = sub.add_parser(
+        "convert",
+        parents=[run_options],
+        help="convert a model to an HF safetensors directory or an orbax store",
+        description="Convert SRC (registry name, .gguf, HF directory or store) and write "
+        "DST: an HF directory (config.json + model.safetensors, loadable by transformers) "
+        "or an orbax store (fast to load with jaxinterp). The tokenizer is written too "
+        "when SRC has one.",
+    )
+    p.add_argument("src", metavar="SRC", help=MODEL_HELP)
+    p.add_argument(
+        "dst", metavar="DST", help="output directory (must not exist unless --force)"
+    )
+    p.add_argument(
+        "--format",
+        dest="fmt",
+        choices=("hf", "orbax"),
+        default="hf",
+        help="output format (hf)",
+    )
+    p.add_argument(
+        "--architecture",
+        metavar="ARCH",
+        help="HF architecture to export as, e.g. LlamaForCausalLM (default: SRC's)",
+    )
+    p.add_argument("--dtype", choices=DTYPES, default=None, help="output dtype")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing DST as a whole (atomically; none of its files survive)",
+    )
+    p.set_defaults(command="convert")
+
+    p = sub.add_parser(
+        "taps",
+        parents=[loading],
+        help="capture activations and summarise them",
+        description="Run MODEL on PROMPT capturing the named taps (TransformerLens hook "
+        "names, e.g. blocks.3.mlp.hook_post, blocks.0.attn.hook_pattern, ln_final."
+        "hook_normalized) and print shape, dtype, mean/std/min/max and the top entries at "
+        "the last position of each.",
+    )
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    p.add_argument("prompt", metavar="PROMPT", nargs="?", help="the text to run")
+    p.add_argument(
+        "--tap",
+        dest="names",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a tap name; repeat for several",
+    )
+    p.add_argument("--top-k", type=_positive_int, default=5, metavar="K", help="(5)")
+    p.add_argument(
+        "--list",
+        dest="list_names",
+        action="store_true",
+        help="list the tap names this model has and exit",
+    )
+    p.set_defaults(command="taps")
+
+    p = sub.add_parser(
+        "demo",
+        parents=[loading],
+        help=f"a tour on a real model ({DEFAULT_MODEL})",
+        description="Load MODEL through the registry and show next-token predictions, a "
+        "greedy continuation, a logit-lens table and a few captured taps, with timings.",
+    )
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        nargs="?",
+        default=DEFAULT_MODEL,
+        help=f"({DEFAULT_MODEL})",
+    )
+    p.add_argument(
+        "--max-new-tokens", type=_positive_int, default=16, metavar="N", help="(16)"
+    )
+    p.set_defaults(command="demo")
+    return parser
+
+
+def _run_options(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=default,
+        help="show a traceback for every error",
+    )
+    parser.add_argument(
+        "--no-compile-cache",
+        action="store_true",
+        default=default,
+        help="do not keep compiled XLA programs under $JAXINTERP_CACHE/xla "
+        "(default ~/.cache/jaxinterp/xla)",
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())
