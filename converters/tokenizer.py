@@ -28,7 +28,6 @@ BOS / EOS policy:
 """
 
 import dataclasses
-import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -45,6 +44,7 @@ from tokenizers import (
     pre_tokenizers,
 )
 
+from converters._common import read_json_object
 from converters.gguf import gguf_array, gguf_metadata
 
 # Qwen2's pre-tokenizer regex (from its tokenizer.json): like GPT-4's, but one digit per match.
@@ -330,14 +330,4 @@ class TextTokenizer:
 
 def _read_json(file: Path) -> dict[str, Any]:
     """An optional JSON-object file (`{}` when absent); a bad one is a ValueError naming it."""
-    if not file.is_file():
-        return {}
-    try:
-        value = json.loads(file.read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{file}: not valid JSON ({e})") from None
-    if not isinstance(value, dict):
-        raise ValueError(
-            f"{file}: expected a JSON object, got a {type(value).__name__}"
-        )
-    return value
+    return read_json_object(file) if file.is_file() else {}

@@ -10,7 +10,19 @@ import numpy as np
 from ._typing import Array, ArrayLike, Bool, Int
 from .config import TransformerConfig
 
-__all__ = ["check_tokens", "check_mask", "Prompt", "prompts"]
+__all__ = ["check_tokens", "check_mask", "check_indices", "Prompt", "prompts"]
+
+
+def check_indices(indices, size: int, what: str) -> np.ndarray:
+    """Integer indices into an axis of `size` (negatives count from the end, as in numpy),
+    as a non-empty int array in `[0, size)`; raises ValueError naming `what` for anything
+    else. A JAX gather would silently clamp an out-of-range index to another entry."""
+    arr = np.asarray(indices)
+    if arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{what} must be non-empty integer indices, got {indices!r}")
+    if ((arr < -size) | (arr >= size)).any():
+        raise ValueError(f"{what} {arr.tolist()} outside [{-size}, {size})")
+    return np.asarray(arr % size, np.int32)
 
 
 def check_tokens(tokens: ArrayLike, d_vocab: int) -> None:
@@ -84,12 +96,9 @@ def prompts(
     if answer_pos is None:
         answer = n_pos - 1 - np.argmax(mask[:, ::-1], axis=1)
     else:
-        answer = np.asarray(answer_pos).reshape(-1)
-        if answer.shape != (n,) or not np.issubdtype(answer.dtype, np.integer):
-            raise ValueError(f"answer_pos must be [{n}] integers, got {answer.shape}")
-        if ((answer < -n_pos) | (answer >= n_pos)).any():
-            raise ValueError(f"answer_pos outside the {n_pos} positions: {answer}")
-        answer = answer % n_pos
+        answer = check_indices(answer_pos, n_pos, "answer_pos")
+        if answer.shape != (n,):
+            raise ValueError(f"answer_pos must be [{n}], got shape {answer.shape}")
         if not mask[np.arange(n), answer].all():
             raise ValueError("answer_pos points at a padded position")
     return Prompt(tokens.astype(np.int32), mask, answer.astype(np.int32))

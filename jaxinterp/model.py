@@ -295,7 +295,9 @@ class Transformer(eqx.Module):
         Returns:
             The `Span` every block of the forward uses.
         """
-        if self.cfg.positional == "learned" and n_slots + n_pos > self.cfg.n_ctx:
+        # with a preallocated cache (past_len) the caller checks the positions it uses
+        n_used = n_slots + n_pos if past_len is None else 0
+        if self.cfg.positional == "learned" and n_used > self.cfg.n_ctx:
             raise ValueError(
                 f"sequence of {n_slots + n_pos} tokens exceeds n_ctx={self.cfg.n_ctx}"
             )

@@ -104,10 +104,10 @@ def open_resumable(out: str | os.PathLike, shape: tuple[int, ...], what: dict):
             )
         return array
 
-    def publish():
+    def publish():  # a kill at any point leaves either `out` or a marker-less partial
         _write_json(meta, ident)
-        os.replace(partial, out)
         os.remove(marker)
+        os.replace(partial, out)
 
     if os.path.exists(out):
         _same(out, _read_json(meta) if os.path.exists(meta) else None, ident)
@@ -122,6 +122,8 @@ def open_resumable(out: str | os.PathLike, shape: tuple[int, ...], what: dict):
             publish()
             return opened(out, "r"), n_items, None
     else:
+        if os.path.exists(marker):  # a stale marker must never vouch for a new file
+            os.remove(marker)
         result = np.lib.format.open_memmap(partial, "w+", np.float32, shape)
         _write_json(marker, {"done": 0, "fingerprint": ident})
 

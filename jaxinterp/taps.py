@@ -30,7 +30,8 @@ unbatched shape is TransformerLens's shape without the leading `batch`:
 Stacked names: `blocks.*.<suffix>` names one tap in every layer. As a capture it records a
 `[layer, *shape]` array (the layers run: all of them in a full forward); as an edit key it
 takes an edit whose arrays carry a leading `layer` axis of size `n_layers`. A capture may also
-be a TransformerLens-style `names_filter` callable (`name -> bool`) over the per-layer names.
+be a TransformerLens-style `names_filter` callable (`name -> bool`) over the per-layer names
+(resolved by `resolve_capture`, which `run` applies).
 
 How capture works under `lax.scan` over layers: a block tap captured in every layer of a
 block range comes out of the scan as its stacked output; one captured in some layers only gets
@@ -187,8 +188,10 @@ def parse(name: str, cfg: TransformerConfig) -> tuple[int | str | None, str]:
 
 
 def tap_dims(name: str, cfg: TransformerConfig) -> tuple[str, ...]:
+    """The dimension names of a tap (`("layer", ...)` for a stacked name)."""
     layer, suffix = parse(name, cfg)
-    return (TOP_TAPS if layer is None else BLOCK_TAPS)[suffix][0]
+    dims = (TOP_TAPS if layer is None else BLOCK_TAPS)[suffix][0]
+    return ("layer", *dims) if layer == "*" else dims
 
 
 def tap_shape(
@@ -196,6 +199,7 @@ def tap_shape(
 ) -> tuple[int, ...]:
     """Unbatched shape of a tap for `n_pos` tokens (continuing `n_past` cached ones)."""
     sizes = {
+        "layer": cfg.n_layers,
         "pos": n_pos,
         "query_pos": n_pos,
         "key_pos": n_past + n_pos,
@@ -318,6 +322,11 @@ class Taps(_View):
         out = dict(self._top_records)
         for suffix, pieces in self._pieces.items():
             layers = [l for piece_layers, _ in pieces for l in piece_layers]
+            if len(set(layers)) != len(layers):
+                raise ValueError(
+                    f"tap {suffix!r} was captured twice in one layer (layers {layers}): "
+                    "use one recorder per run of a layer"
+                )
             arrays = [a for _, a in pieces]
             stack = arrays[0] if len(arrays) == 1 else jnp.concatenate(arrays)
             if suffix in self._stacked:

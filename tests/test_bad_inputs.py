@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 
 from jaxinterp import run
-from jaxinterp.kernels import ablate, grids, means, metrics, patch
+from jaxinterp.generate import greedy
+from jaxinterp.inputs import check_indices
+from jaxinterp.kernels import ablate, attribution, grids, lens, means, metrics, patch
 from jaxinterp.kernels.batching import NonFiniteWarning
+from jaxinterp.taps import Taps, tap_dims
 
 from .test_kernels import _setup
 
@@ -69,8 +72,8 @@ def test_index_arguments_are_validated(setup, tmp_path):
     kw = dict(prefix=[1], middle=[2], suffix=[8], progress_bar=False)
     cases = [
         (dict(units=[cfg.d_mlp]), "units .* outside"),  # was unit d_mlp - 1
-        (dict(units=[-1]), "units .* outside"),
-        (dict(positions=9), "outside the 5 prompt positions"),  # was position 4
+        (dict(units=[-cfg.d_mlp - 1]), "units .* outside"),
+        (dict(positions=9), r"positions 9 outside \[-5, 5\)"),  # was position 4
         (dict(layers=[cfg.n_layers]), "layers .* outside"),
         (dict(batch_size=0), "batch_size"),
         (dict(reduce="topk", k=0), "k=0"),
@@ -81,16 +84,21 @@ def test_index_arguments_are_validated(setup, tmp_path):
             grids.operand_grid(model, a, b, **(kw | extra))
     with pytest.raises(ValueError, match="non-empty"):
         grids.operand_grid(model, a, b[:0], **kw)
+    for bad in ([0.5], [], np.array([True])):
+        with pytest.raises(ValueError, match="units must be non-empty integer"):
+            check_indices(bad, 4, "units")
     margs = dict(metric=metrics.logit_diff, metric_args=(answer, wrong))
-    with pytest.raises(ValueError, match="column 2 outside"):
+    with pytest.raises(ValueError, match="cells column 2 .* outside"):
         patch.patch_cells(model, clean, corrupt, np.array([[1, 2, cfg.d_mlp]]), **margs)
-    with pytest.raises(ValueError, match="column 1 outside"):
+    with pytest.raises(ValueError, match="cells column 1 .* outside"):
         patch.patch_cells(
             model, clean, corrupt, np.array([[1, 5]]), tap="hook_resid_pre", **margs
         )
     with pytest.raises(ValueError, match="cells"):
         patch.patch_cells(model, clean, corrupt, np.zeros((0, 3), int), **margs)
-    with pytest.raises(ValueError, match="answer_pos outside"):
+    with pytest.raises(ValueError, match="positions .* outside"):
+        patch.activation_patching(model, clean, corrupt, positions=(7,), **margs)
+    with pytest.raises(ValueError, match="answer_pos .* outside"):
         ablate.ablation_sweep(
             model, clean, np.zeros((1, cfg.n_layers, 4), bool), answer_pos=np.full(5, 5),
             metric=metrics.target_logit, metric_args=(answer,), progress_bar=False,
@@ -132,3 +140,54 @@ def test_attention_masks_and_lengths_are_validated(setup):
             learned, too_long, too_long, metric=metrics.target_logit,
             metric_args=(np.zeros(2, int),), progress_bar=False,
         )  # fmt: skip
+
+
+def test_review_findings_stay_fixed(setup):
+    model, clean, corrupt, answer, wrong = setup
+    cfg = model.cfg
+    margs = dict(metric=metrics.logit_diff, metric_args=(answer, wrong))
+    # attention grids are [head, query, key]: not a per-position sweep site
+    with pytest.raises(ValueError, match="per-position"):
+        attribution.attribution_patching(
+            model, clean, corrupt, taps=("attn.hook_pattern",), **margs
+        )
+    # positions read by the lens are validated (a gather would clamp them)
+    with pytest.raises(ValueError, match="answer_pos .* outside"):
+        lens.logit_lens(model, clean, pos=100)
+    mask = np.ones(clean.shape, int)
+    mask[0, -1] = 0
+    with pytest.raises(ValueError, match="padded position"):
+        lens.logit_lens(model, clean, pos=-1, attention_mask=mask)
+    with pytest.raises(ValueError, match="layer .* outside"):
+        lens.neuron_logit_lens(model, 99)
+    with pytest.raises(ValueError, match="neurons .* outside"):
+        lens.neuron_logit_lens(model, 0, np.array([cfg.d_mlp]))
+    # replacement values of the wrong length are not truncated
+    with pytest.raises(ValueError, match="values must be"):
+        ablate.ablation_sweep(
+            model, clean, np.zeros((1, cfg.n_layers, 4), bool),
+            values=np.zeros((cfg.n_layers, 9, cfg.d_mlp), np.float32),
+            metric=metrics.target_logit, metric_args=(answer,), progress_bar=False,
+        )  # fmt: skip
+    # a metric argument without the prompt axis is named, not an IndexError
+    with pytest.raises(ValueError, match="leading prompt axis"):
+        ablate.ablation_sweep(
+            model, clean, np.zeros((1, cfg.n_layers, 4), bool),
+            metric=metrics.target_logit, metric_args=(np.int32(3),), progress_bar=False,
+        )  # fmt: skip
+    # one recorder never silently stacks two runs of the same layers
+    taps = Taps(cfg, frozenset({"blocks.*.hook_resid_post"}))
+    span = model.span(clean.shape[1])
+    x = model.embed_tokens(jnp.asarray(clean[0]), span, taps)
+    model.run_blocks(x, span, taps)
+    model.run_blocks(x, span, taps)
+    with pytest.raises(ValueError, match="captured twice"):
+        taps.records  # noqa: B018
+    assert tap_dims("blocks.*.mlp.hook_post", cfg)[0] == "layer"
+
+
+def test_greedy_reaches_n_ctx_with_learned_positions():
+    learned, *_ = _setup(LEARNED)
+    n_ctx = learned.cfg.n_ctx
+    out = greedy(learned, np.arange(n_ctx - 3) % learned.cfg.d_vocab, 3)
+    assert out.shape == (3,)

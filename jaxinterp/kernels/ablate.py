@@ -119,6 +119,12 @@ def ablation_sweep(
     if values is None:
         values = np.zeros((*where.lead, n_pos, *where.tail), model.embed.W_E.dtype)
     values = jnp.asarray(values)
+    shape = (*where.lead, n_pos, *where.tail)
+    if values.shape not in (shape, (len(batch["prompt"].tokens), *shape)):
+        raise ValueError(
+            f"values must be {list(shape)} or [prompt, {str(list(shape))[1:-1]}], got "
+            f"{list(values.shape)}"
+        )
     per_prompt = values.ndim == 2 + len(where.lead) + len(where.tail)
     pos_axis = len(where.lead) + per_prompt
     values = jax.lax.slice_in_dim(values, p0, n_pos, axis=pos_axis)

@@ -75,7 +75,13 @@ def stream(
     Returns:
         `fn`'s outputs concatenated along `axis` (`n` rows, padding dropped), or their sum.
     """
-    sizes = {np.shape(leaf)[0] for leaf in jax.tree.leaves(batched)}
+    leaves = jax.tree.leaves(batched)
+    if any(np.ndim(leaf) == 0 for leaf in leaves):
+        raise ValueError(
+            f"{desc}: every per-prompt input (metric_args included) needs a leading "
+            "prompt axis; got a scalar"
+        )
+    sizes = {np.shape(leaf)[0] for leaf in leaves}
     if len(sizes) != 1:
         raise ValueError(f"batched inputs disagree on their leading size: {sizes}")
     (n,) = sizes

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._typing import ArrayLike, Int
-from ..inputs import check_tokens
+from ..inputs import check_indices, check_tokens
 from ..model import Transformer
 from ..results import model_digest, open_resumable
 from ..taps import Taps, every_layer
@@ -201,30 +201,23 @@ def operand_grid(
     n_shared = prefix.size + 1 + middle.size
     n_total = n_shared + 1 + suffix.size
     squeeze = isinstance(positions, int | np.integer)
-    pos = [int(p) for p in ([positions] if squeeze else positions)]
-    if not pos or any(not -n_total <= p < n_total for p in pos):
-        raise ValueError(f"positions {pos} outside the {n_total} prompt positions")
-    pos = [p % n_total for p in pos]
+    pos = check_indices(positions, n_total, "positions").reshape(-1).tolist()
     if min(pos) < n_shared:
         raise ValueError(
             f"positions {pos} must lie in the [b] + suffix part (>= {n_shared}); taps of "
             "earlier positions do not depend on b"
         )
+    if layers is not None:
+        layers = check_indices(layers, cfg.n_layers, "layers").reshape(-1).tolist()
     layers = tuple(range(cfg.n_layers) if layers is None else sorted(set(layers)))
-    if not layers or layers[0] < 0 or layers[-1] >= cfg.n_layers:
-        raise ValueError(f"layers {list(layers)} outside [0, {cfg.n_layers})")
     spec = GridSpec(tap, layers, tuple(p - n_shared for p in pos), max(layers) + 1)
     where = site(tap, cfg)
     if not where.stacked:
         raise ValueError(f"operand grids record block taps, not {tap!r}")
     tap, tail = where.key.split(".", 2)[2], where.tail
-    units_arr = None if units is None else np.asarray(units).reshape(-1)
-    if units_arr is not None:
-        if not np.issubdtype(units_arr.dtype, np.integer) or not units_arr.size:
-            raise ValueError(f"units must be a non-empty list of indices: {units}")
-        if ((units_arr < 0) | (units_arr >= tail[-1])).any():
-            raise ValueError(f"units {units_arr.tolist()} outside [0, {tail[-1]})")
-        units_arr = jnp.asarray(units_arr)
+    units_arr = None
+    if units is not None:
+        units_arr = jnp.asarray(check_indices(units, tail[-1], "units").reshape(-1))
     unit_shape = tail[:-1] + ((tail[-1],) if units is None else (int(units_arr.size),))
     item_shape = ((len(pos),) if not squeeze else ()) + (len(layers), *unit_shape)
     n_a, n_b = a_tokens.size, b_tokens.size
@@ -239,7 +232,6 @@ def operand_grid(
     a_segments = np.concatenate(
         [a_tokens[:, None], np.broadcast_to(middle, (n_a, middle.size))], axis=1
     )
-    kv = _shared_kv(model, jnp.asarray(prefix), jnp.asarray(a_segments), spec.stop)
     b_segments = np.concatenate(
         [b_tokens[:, None], np.broadcast_to(suffix, (n_b, suffix.size))], axis=1
     )
@@ -280,6 +272,7 @@ def operand_grid(
     else:
         raise ValueError(f"reduce must be 'full', 'mean' or 'topk', not {reduce!r}")
 
+    kv = _shared_kv(model, jnp.asarray(prefix), jnp.asarray(a_segments), spec.stop)
     rows, cols, blocks = _blocks(n_a, n_b, batch_size)
 
     def consume(block, a_idx, b_idx, acts):

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._typing import Array, ArrayLike, Float, Int
-from ..inputs import prompts
+from ..inputs import check_indices, prompts
 from ..model import Transformer
 from ..taps import Taps
 from .sweep import activations
@@ -31,12 +31,12 @@ __all__ = [
 
 
 @eqx.filter_jit
-def _lens(model, batch, pos):
+def _lens(model, batch):
     key = "blocks.*.hook_resid_pre"
 
     def one(prompt):
         x, rec = activations(model, prompt, frozenset({key}))
-        index = prompt.answer if pos is None else pos
+        index = prompt.answer
         resid = jnp.concatenate([rec[key], x[None]])[:, index]  # [layer + 1, d_model]
         return model.unembed_resid(resid, Taps(model.cfg))
 
@@ -53,8 +53,13 @@ def logit_lens(
     """Logits read from `blocks.{l}.hook_resid_pre` for every layer `l` and from the final
     residual (last entry: the model's logits), at position `pos` (default: each prompt's
     last real token); each vector is normalized by the final norm with its own scale."""
-    batch = prompts(model.cfg, tokens, attention_mask)
-    return _lens(model, jax.tree.map(jnp.asarray, batch), pos)
+    batch = prompts(model.cfg, tokens, attention_mask, _read_at(tokens, pos))
+    return _lens(model, jax.tree.map(jnp.asarray, batch))
+
+
+def _read_at(tokens, pos: int | None):
+    """`answer_pos` reading position `pos` of every prompt (validated by `prompts`)."""
+    return None if pos is None else np.full(np.shape(tokens)[0], pos)
 
 
 def logit_direction(
@@ -68,14 +73,14 @@ def logit_direction(
 
 
 @eqx.filter_jit
-def _dla(model, batch, directions, pos):
+def _dla(model, batch, directions):
     blocks = model.blocks
     keys = frozenset({"blocks.*.attn.hook_z", "blocks.*.mlp.hook_post", "hook_embed"})
     keys |= {"hook_pos_embed"} if model.pos_embed is not None else set()
 
     def one(prompt, direction):
         x, rec = activations(model, prompt, keys)
-        index = prompt.answer if pos is None else pos
+        index = prompt.answer
         z = rec["blocks.*.attn.hook_z"][:, index]
         post = rec["blocks.*.mlp.hook_post"][:, index]
         x0 = sum(rec[k][index] for k in ("hook_embed", "hook_pos_embed") if k in rec)
@@ -127,9 +132,9 @@ def direct_logit_attribution(
         `mlp_bias [prompt, layer]` and `constant [prompt]` (final-norm bias and `b_U`), whose
         total is `logits[prompt, pos] @ directions[prompt]`.
     """
-    batch = jax.tree.map(jnp.asarray, prompts(model.cfg, tokens, attention_mask))
+    batch = prompts(model.cfg, tokens, attention_mask, _read_at(tokens, pos))
     directions = jnp.asarray(directions, model.unembed.W_U.dtype)
-    return _dla(model, batch, directions, pos)
+    return _dla(model, jax.tree.map(jnp.asarray, batch), directions)
 
 
 def neuron_logit_lens(
@@ -147,9 +152,10 @@ def neuron_logit_lens(
     division by the residual's norm scale. Equals the product of the weights of
     `process.tl_default(model)`. Without it, the raw `W_out @ W_U`.
     """
+    layer = int(check_indices(layer, model.cfg.n_layers, "layer"))
     W_out = model.blocks.mlp.W_out[layer]
     if neurons is not None:
-        W_out = W_out[np.asarray(neurons)]
+        W_out = W_out[check_indices(neurons, model.cfg.d_mlp, "neurons").reshape(-1)]
     W_U = model.unembed.W_U
     if tl_processing:
         W_U = model.ln_final.w[:, None] * W_U

@@ -27,7 +27,7 @@ import numpy as np
 
 from .._typing import Array, ArrayLike, Bool, Int, PyTree, Shaped
 from ..edits import Replace
-from ..inputs import prompts
+from ..inputs import check_indices, prompts
 from ..model import Transformer
 from ..taps import Taps, every_layer
 from .batching import stream
@@ -169,7 +169,10 @@ def activation_patching(
         per_head = where.key in tuple(every_layer(h) for h in heads)
     if per_head and not where.stacked:
         raise ValueError(f"per_head cells need a head tap, not {tap!r}")
-    positions = tuple(sorted({int(p) % n_pos for p in positions or range(n_pos)}))
+    positions = range(n_pos) if positions is None else positions
+    positions = tuple(
+        sorted(set(check_indices(positions, n_pos, "positions").tolist()))
+    )
     if where.stacked:
         groups = layer_groups(model.cfg.n_layers, n_layer_groups)
     else:
@@ -265,16 +268,14 @@ def patch_cells(
             f"cells for {tap!r} must be [cell, {n_lead + 1}] or [cell, {n_lead + 2}] "
             f"indices, got shape {cells.shape}"
         )
-    if not np.issubdtype(cells.dtype, np.integer):
-        raise ValueError(f"cells must be integer indices, got {cells.dtype}")
-    cells = cells.astype(np.int32)
     limits = [*where.lead, n_pos, *where.tail[:1]][: cells.shape[1]]
-    for i, size in enumerate(limits):
-        if ((cells[:, i] < -size) | (cells[:, i] >= size)).any():
-            raise ValueError(
-                f"cell index column {i} outside [0, {size}): {cells[:, i]}"
-            )
-        cells[:, i] %= size
+    cells = np.stack(
+        [
+            check_indices(c, n, f"cells column {i}")
+            for i, (c, n) in enumerate(zip(cells.T, limits, strict=True))
+        ],
+        1,
+    )
     L = int(cells[:, 0].min()) if n_lead else EMBED
     p0 = min(int(cells[:, n_lead].min()), int(batch["base"].answer.min()))
     batch = jax.tree.map(jnp.asarray, batch)

@@ -80,6 +80,7 @@ def kv_cache(
 ) -> tuple[Float[Array, "pos d_vocab"], tuple[Array, Array]]:
     """Unbatched prefix forward: `(logits, past_kv)` to continue with `run(...,
     past_kv=past_kv)` or `forward(..., past_kv=past_kv)`."""
+    check_tokens(tokens, model.cfg.d_vocab)
     span = model.span(tokens.shape[0])
     x = model.embed_tokens(tokens, span, Taps(model.cfg))
     x, kv, _ = run_cached(model, x, span)

@@ -27,7 +27,7 @@ from ..config import TransformerConfig
 from ..edits import AbstractEdit
 from ..inputs import Prompt
 from ..model import Span, Transformer
-from ..taps import TOP_TAPS, Taps, every_layer, parse, tap_shape
+from ..taps import TOP_TAPS, Taps, every_layer, parse, tap_dims, tap_shape
 from .run import run_cached
 
 EMBED = -1  # start layer of sweeps that edit the embedding taps
@@ -59,6 +59,8 @@ def site(tap: str, cfg: TransformerConfig) -> Site:
     layer, suffix = parse(name, cfg)
     if layer != "*":
         raise ValueError(f"sweeps take a block tap suffix or blocks.*.X, not {tap!r}")
+    if tap_dims(name, cfg)[1] != "pos":  # attention scores / patterns: [head, q, k]
+        raise ValueError(f"sweeps edit per-position taps; {tap!r} is not one")
     return Site(name, (cfg.n_layers,), tap_shape(f"blocks.0.{suffix}", cfg, 1)[1:])
 
 
