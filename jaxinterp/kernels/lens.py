@@ -6,7 +6,8 @@
   additive pieces (embedding, each head, each attention bias, each neuron, each MLP bias),
   each mapped linearly through the final norm with the run's own norm scale frozen (as
   TransformerLens's `apply_ln_to_stack`) and projected on a logit direction. The pieces sum
-  exactly to the direction's logit.
+  to the direction's logit up to float rounding (1e-4 in float32 in the tests; the frozen
+  scale is computed in the residual's dtype, so bfloat16 models round more).
 * `neuron_logit_lens`: a neuron's value vector `W_out[l, n]` through the unembedding, with or
   without TransformerLens weight processing (as the paper's code reads value vectors).
 """
