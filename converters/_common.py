@@ -387,6 +387,26 @@ def _config_value(
     return True, hf[key]
 
 
+def checked_int(value: Any, label: str, minimum: int = 1) -> int:
+    """`value` as an int >= `minimum`; bools and floats are refused. Raises
+    ConversionError starting with `label` (which names the file and field)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ConversionError(f"{label} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ConversionError(f"{label} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def checked_positive(value: Any, label: str) -> float:
+    """`value` as a finite float > 0 (epsilons, RoPE bases, factors); bools are refused.
+    Raises ConversionError starting with `label`."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+        raise ConversionError(f"{label} must be a number, got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ConversionError(f"{label} must be finite and positive, got {value!r}")
+    return float(value)
+
+
 def config_int(
     hf: Mapping[str, Any],
     key: str,
@@ -414,15 +434,7 @@ def config_int(
     given, value = _config_value(hf, key, default, nullable, name)
     if not given:
         return value
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConversionError(
-            f"config field {name or key!r} must be an integer, got {value!r}"
-        )
-    if value < minimum:
-        raise ConversionError(
-            f"config field {name or key!r} must be >= {minimum}, got {value}"
-        )
-    return value
+    return checked_int(value, f"config field {name or key!r}", minimum)
 
 
 def config_float(
@@ -441,15 +453,7 @@ def config_float(
     given, value = _config_value(hf, key, default, nullable, name)
     if not given:
         return value
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConversionError(
-            f"config field {name or key!r} must be a number, got {value!r}"
-        )
-    if not (math.isfinite(value) and value > 0):
-        raise ConversionError(
-            f"config field {name or key!r} must be finite and positive, got {value!r}"
-        )
-    return float(value)
+    return checked_positive(value, f"config field {name or key!r}")
 
 
 def config_bool(hf: Mapping[str, Any], key: str, default: bool) -> bool:

@@ -39,7 +39,7 @@ import gguf
 import numpy as np
 from gguf.quants import dequantize
 
-from ._common import float_dtype
+from ._common import checked_int, checked_positive, float_dtype
 
 # GGUF `general.architecture` -> HF `architectures[0]`, `model_type`.
 SUPPORTED_ARCHITECTURES: dict[str, tuple[str, str]] = {
@@ -378,15 +378,7 @@ def _meta_int(
 ) -> int:
     """An integer GGUF metadata value >= `minimum` (sizes must be positive)."""
     value = _scalar(meta, path, key, default)
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ValueError(
-            f"{path}: GGUF metadata {key!r} must be an integer, got {value!r}"
-        )
-    if value < minimum:
-        raise ValueError(
-            f"{path}: GGUF metadata {key!r} must be >= {minimum}, got {value}"
-        )
-    return int(value)
+    return checked_int(value, f"{path}: GGUF metadata {key!r}", minimum)
 
 
 def _meta_float(
@@ -394,15 +386,7 @@ def _meta_float(
 ) -> float:
     """A finite, positive number from GGUF metadata (epsilon, RoPE base)."""
     value = _scalar(meta, path, key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
-        raise ValueError(
-            f"{path}: GGUF metadata {key!r} must be a number, got {value!r}"
-        )
-    if not (np.isfinite(value) and value > 0):
-        raise ValueError(
-            f"{path}: GGUF metadata {key!r} must be finite and positive, got {value!r}"
-        )
-    return float(value)
+    return checked_positive(value, f"{path}: GGUF metadata {key!r}")
 
 
 def _config_from_metadata(

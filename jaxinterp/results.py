@@ -6,9 +6,10 @@ after each block; the file is renamed to `out` only when complete. So `out` eith
 whole result or does not exist, and a killed run continues from its last finished block.
 
 Each result carries a fingerprint of the computation that produced it (`<out>.json`, also
-kept in the progress marker): the kernel, a digest of the model's weights and config, the
-inputs, the spec, the dtype and the library version. Resuming a partial file or reusing a
-finished one for a different computation raises instead of mixing two results.
+kept in the progress marker): the kernel, a digest of the model's weights and config
+(`store.model_digest`), the inputs, the spec, the dtype and the library version. Resuming a
+partial file or reusing a finished one for a different computation raises instead of mixing
+two results.
 """
 
 import hashlib
@@ -16,20 +17,9 @@ import json
 import os
 from importlib import metadata
 
-import jax
 import numpy as np
 
-__all__ = ["open_resumable", "model_digest", "fingerprint"]
-
-
-def model_digest(model) -> str:
-    """SHA-256 of a model's config and of every array leaf (name, dtype, shape, bytes)."""
-    h = hashlib.sha256(json.dumps(model.cfg.to_dict(), sort_keys=True).encode())
-    for path, leaf in jax.tree_util.tree_leaves_with_path(model):
-        arr = np.asarray(leaf)
-        h.update(f"{jax.tree_util.keystr(path)}|{arr.dtype}|{arr.shape}|".encode())
-        h.update(np.ascontiguousarray(arr).tobytes())
-    return h.hexdigest()
+__all__ = ["open_resumable", "fingerprint"]
 
 
 def _version() -> str:

@@ -74,6 +74,7 @@ __all__ = [
     "load_model",
     "read_metadata",
     "is_store",
+    "model_digest",
     "atomic_directory",
     "StoreError",
     "UnverifiedStoreWarning",
@@ -452,6 +453,17 @@ def _parse_shape(shape: Any) -> tuple[int, ...]:
     if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
         raise ValueError(f"shape {shape!r} is not a list of non-negative integers")
     return tuple(shape)
+
+
+def model_digest(model: Transformer) -> str:
+    """SHA-256 of a model's config and of every leaf's name, dtype, shape and checksum (the
+    identity a store records), e.g. to fingerprint results computed with it."""
+    leaves = {
+        k: [str(v.dtype), list(v.shape), _digest(v)]
+        for k, v in _named_leaves(model).items()
+    }
+    text = json.dumps({"config": model.cfg.to_dict(), "leaves": leaves}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _digest(array) -> str:

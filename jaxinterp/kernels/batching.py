@@ -19,12 +19,13 @@ class NonFiniteWarning(RuntimeWarning):
 
 def warn_nonfinite(result, desc: str) -> None:
     """Warns, naming the kernel and where, when a floating leaf of `result` holds NaN or
-    Inf (they stay in the result: nothing is averaged away)."""
+    Inf (they stay in the result: nothing is averaged away). The check is a reduction where
+    the result lives; the leaf is copied to the host only to describe a bad one."""
     for path, leaf in jax.tree_util.tree_leaves_with_path(result):
         if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
             continue
-        bad = ~np.isfinite(np.asarray(leaf))
-        if bad.any():
+        if not bool(jnp.isfinite(leaf).all()):
+            bad = ~np.isfinite(np.asarray(leaf))
             first = tuple(int(i) for i in np.argwhere(bad)[0])
             warnings.warn(
                 f"{desc}: {int(bad.sum())} of {bad.size} values of result"

@@ -29,7 +29,8 @@ import numpy as np
 from .._typing import ArrayLike, Int
 from ..inputs import check_indices, check_tokens
 from ..model import Transformer
-from ..results import model_digest, open_resumable
+from ..results import open_resumable
+from ..store import model_digest
 from ..taps import Taps, every_layer
 from .batching import pad_rows, progress
 from .run import run_cached

@@ -303,11 +303,13 @@ def _path(model, batch, senders, receivers, where_r, L_r, stop_r, freeze_mlps, m
 
     def per_prompt(item):
         base, margs = item["base"], item["margs"]
-        clean = activations(model, base, frozen)[1]
+        # one clean run gives the frozen values, the input of run (1) and the start of (2)
+        starts = {"blocks.0.hook_resid_pre", f"blocks.{L_r}.hook_resid_pre"}
+        clean = activations(model, base, frozen | starts)[1]
         corrupt = activations(model, item["source"], frozenset({z_key}))[1][z_key]
         span = model.span(base.tokens.shape[0], attention_mask=base.mask)
-        x0 = model.embed_tokens(base.tokens, span, Taps(cfg))
-        state = start_at(model, base, L_r, 0)
+        x0 = clean["blocks.0.hook_resid_pre"]
+        state = State(clean[f"blocks.{L_r}.hook_resid_pre"], base.tokens, span, None)
 
         def edits(sender):
             # (1) senders from the source, every other head (and MLP) frozen to the base
