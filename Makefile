@@ -22,8 +22,9 @@ $(VENV)/.test: pyproject.toml $(VENV)/.core
 	$(BIN)/pip install -q -e '.[test,tl]'
 	touch $@
 
+# the main job: the paper's pipeline on the in-house arithmetic model, ends with the report path
 demo: $(VENV)/.core
-	$(BIN)/jaxinterp demo
+	$(BIN)/jaxinterp arithmetic
 
 test: $(VENV)/.test
 	$(BIN)/python -m pytest

@@ -202,6 +202,42 @@ def taps(
     return 0
 
 
+def arithmetic(
+    *,
+    model: str,
+    mode: str,
+    ops: str,
+    max_op: int,
+    full: bool,
+    checkpoints: bool,
+    top_k: int | None,
+    out: str | None,
+    overwrite: bool,
+) -> int:
+    from experiments.arith_heuristics import pipeline
+
+    reduced = dict(
+        patch_seeds=(42, 412),
+        eval_seeds=(42,),
+        dynamics_steps=(611, 1357, 3017, 6707, 10000),
+    )
+    config = pipeline.Config(
+        model=model,
+        mode=mode,
+        ops=ops,
+        max_op=max_op,
+        checkpoints=checkpoints,
+        top_k=top_k,
+        **({} if full else reduced),
+    )
+    if out is None:
+        out = f"results/arithmetic/{model}-{mode}{'-full' if full else ''}"
+    report = pipeline.run(config, out, overwrite=overwrite)
+    print(f"report: {report}")
+    print(f"summary: {report.with_name('summary.json')}")
+    return 0
+
+
 def _tokenizer_files(src: str, kind: str, path: Path) -> dict[str, bytes]:
     """The tokenizer files to write next to a converted model; none when SRC has no
     tokenizer. A tokenizer that is there but unreadable is an error, not skipped."""

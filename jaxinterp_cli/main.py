@@ -6,6 +6,7 @@
     jaxinterp convert smollm2-135m out/smol --format orbax
     jaxinterp taps smollm2-135m "2 + 3 =" --tap blocks.5.mlp.hook_post
     jaxinterp demo                           # the tour on the default model
+    jaxinterp arithmetic                     # the paper's pipeline on arith-neox, report
 
 MODEL is a registry name, a `.gguf` file, an HF directory or an orbax store (see
 `converters.load`). Each command is a function of `jaxinterp_cli.commands` (`demo`:
@@ -224,6 +225,67 @@ def build_parser() -> argparse.ArgumentParser:
         help="list the tap names this model has and exit",
     )
     p.set_defaults(command="taps")
+
+    p = sub.add_parser(
+        "arithmetic",
+        parents=[run_options],
+        help="the paper 'Arithmetic Without Algorithms' end to end, with an HTML report",
+        description="Run (or resume) the arithmetic-heuristics pipeline on MODEL: prompts, "
+        "circuit discovery, faithfulness, important neurons, K/KV maps and heuristic "
+        "classification, knockouts, correct vs incorrect, probes and training dynamics. "
+        "Each stage's result is kept in OUT; a killed run resumes where it stopped. "
+        "Writes OUT/report.html and OUT/summary.json.",
+    )
+    p.add_argument(
+        "--model", default="arith-neox", metavar="MODEL", help="(arith-neox)"
+    )
+    p.add_argument(
+        "--mode",
+        choices=("clean", "parity"),
+        default="clean",
+        help="parity: the official code's choices and quirks; clean: fixed (clean)",
+    )
+    p.add_argument(
+        "--ops", default="+-*/", help="operators to analyse, e.g. '+-' (all four)"
+    )
+    p.add_argument(
+        "--max-op",
+        type=_positive_int,
+        default=300,
+        metavar="N",
+        help="operands are below N (300)",
+    )
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="the paper's full setting (5 patching seeds, 3 evaluation seeds, all 8 "
+        "checkpoints); the default is a reduced one (2 seeds, 1 seed, 5 checkpoints)",
+    )
+    p.add_argument(
+        "--no-dynamics",
+        dest="checkpoints",
+        action="store_false",
+        help="skip the training-dynamics stage",
+    )
+    p.add_argument(
+        "--top-k",
+        type=_positive_int,
+        default=None,
+        metavar="K",
+        help="important neurons per layer (default: 1/8 of the MLP width)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="run directory (default results/arithmetic/MODEL-MODE[-full])",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a run directory made with another configuration",
+    )
+    p.set_defaults(command="arithmetic")
 
     p = sub.add_parser(
         "demo",

@@ -108,7 +108,7 @@ def test_index_arguments_are_validated(setup, tmp_path):
             model, clean, np.zeros((1, cfg.n_layers, 4), bool), batch_size=0,
             metric=metrics.target_logit, metric_args=(answer,), progress_bar=False,
         )  # fmt: skip
-    with pytest.raises(ValueError, match="masks must be bool"):
+    with pytest.raises(ValueError, match="masks of .* must be bool"):
         ablate.ablation_sweep(
             model, clean, np.zeros((1, cfg.n_layers + 1, 4), bool),
             metric=metrics.target_logit, metric_args=(answer,), progress_bar=False,
@@ -163,7 +163,7 @@ def test_review_findings_stay_fixed(setup):
     with pytest.raises(ValueError, match="neurons .* outside"):
         lens.neuron_logit_lens(model, 0, np.array([cfg.d_mlp]))
     # replacement values of the wrong length are not truncated
-    with pytest.raises(ValueError, match="values must be"):
+    with pytest.raises(ValueError, match="values of .* must be"):
         ablate.ablation_sweep(
             model, clean, np.zeros((1, cfg.n_layers, 4), bool),
             values=np.zeros((cfg.n_layers, 9, cfg.d_mlp), np.float32),

@@ -262,6 +262,44 @@ def test_ablation_sweep_heads_and_components(setup):
         assert close(got[:, h], want)
 
 
+@configs(TWO)
+def test_ablation_sweep_heads_and_neurons_per_prompt(setup):
+    """Two taps ablated together (a circuit: heads and neurons), each prompt its own sets."""
+    model, clean, corrupt, answer, _ = setup
+    cfg = model.cfg
+    rng = np.random.default_rng(5)
+    heads = rng.random((N_PROMPT, 2, cfg.n_layers, cfg.n_heads)) < 0.4
+    neurons = rng.random((N_PROMPT, 2, cfg.n_layers, cfg.d_mlp)) < 0.3
+    neurons[:, :, 0] = False
+    mean_z = capture(model, corrupt, "attn.hook_z").mean(0)
+    got = ablate.ablation_sweep(
+        model,
+        clean,
+        (heads, neurons),
+        metric=metrics.target_logit,
+        metric_args=(answer,),
+        tap=("attn.hook_z", "mlp.hook_post"),
+        values=(mean_z, None),
+        positions="all",
+        masks_per_prompt=True,
+        batch_size=2,
+        progress_bar=False,
+    )
+    assert got.shape == (N_PROMPT, 2)
+    for i in range(N_PROMPT):
+        for s in range(2):
+            edits = {}
+            for l in range(cfg.n_layers):
+                edits[f"blocks.{l}.attn.hook_z"] = Replace(
+                    mean_z[l], heads[i, s, l][None, :, None]
+                )
+                edits[f"blocks.{l}.mlp.hook_post"] = Replace(
+                    np.zeros((N_POS, cfg.d_mlp), np.float32), neurons[i, s, l][None]
+                )
+            logits = last_logits(model, clean[i], edits)
+            assert close(got[i, s], logits[answer[i]])
+
+
 @configs(ONE)
 def test_ablation_sweep_components(setup):
     model, clean, corrupt, answer, wrong = setup

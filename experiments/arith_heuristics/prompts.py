@@ -346,6 +346,52 @@ def filtered_50(
     return {op: maximize_unique_answers(kept[op], k=k, rng=rng) for op in ops}
 
 
+def counterfactual_pairs(
+    clean: Sequence[Prompt],
+    pool: Sequence[Prompt],
+    *,
+    rng: random.Random,
+    distinct_answers: bool = False,
+) -> list[Prompt]:
+    """One counterfactual ("corrupt") prompt per clean prompt, drawn from `pool` (§3).
+
+    The official code draws `random.sample(pool, len(clean))` from the union of the four
+    operators' discovery prompts, so a counterfactual usually differs in operator and
+    operands and may share the clean answer (or be the clean prompt itself). With
+    `distinct_answers`, each clean prompt instead gets a prompt of the pool with another
+    answer (drawn without replacement while the pool lasts), so the two answer tokens of
+    every pair differ. Works for any operator mix; the template is the tokenizer's.
+
+    Arguments:
+        clean: the clean prompts.
+        pool: the prompts counterfactuals are drawn from.
+        rng: the random stream to consume.
+        distinct_answers: require a different answer for every pair.
+
+    Returns:
+        `len(clean)` prompts, aligned with `clean`.
+    """
+    pool = list(pool)
+    if not distinct_answers:
+        if len(pool) < len(clean):
+            raise ValueError(f"{len(clean)} counterfactuals from a pool of {len(pool)}")
+        return rng.sample(pool, len(clean))
+    order = rng.sample(pool, len(pool))
+    used, pairs = set(), []
+    for prompt in clean:
+        answer = _result(prompt)
+        free = [
+            i for i, p in enumerate(order) if i not in used and _result(p) != answer
+        ]
+        if not free:
+            free = [i for i, p in enumerate(order) if _result(p) != answer]
+        if not free:
+            raise ValueError(f"no prompt in the pool has an answer other than {answer}")
+        used.add(free[0])
+        pairs.append(order[free[0]])
+    return pairs
+
+
 def _result(prompt: Prompt) -> int:
     result = prompt.result
     if result is None:

@@ -6,14 +6,16 @@ part of the tap's per-position shape: `[layer, d_mlp]` for neurons of `mlp.hook_
 `[layer, head_index]` for heads of `attn.hook_z`, `[layer]` for whole components (any tap);
 for a top-level tap (`hook_embed`) there is no `layer` axis. Every set's masked units are
 overwritten with `values` (zeros, a mean cache, or per-prompt resample activations) at the
-chosen positions, and `metric` is read at each prompt's answer position.
+chosen positions, and `metric` is read at each prompt's answer position. Several taps can be
+ablated together (heads and neurons of a circuit): one mask per tap for every set. Sets may
+also differ per prompt (`masks_per_prompt`, e.g. the neurons associated with each prompt).
 
 Shared computation (see `sweep`): layers below the first edited layer and positions before
 the first edited position run once per prompt; each set runs the rest, and only the answer
 position is unembedded. Sets are `vmap`ped inside each prompt batch; one compile per sweep.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import equinox as eqx
@@ -34,22 +36,25 @@ Positions = Literal["last", "all"] | Bool[ArrayLike, " pos"]
 
 
 @eqx.filter_jit
-def _ablate(model, batch, masks, values, pos_mask, site, L, p0, metric):
-    n_lead, n_tail = len(site.lead), len(site.tail)
-
+def _ablate(model, batch, masks, values, pos_mask, sites, L, p0, metric):
     def per_prompt(item):
         prompt, margs = item["prompt"], item["margs"]
         vals = item["values"] if "values" in item else values
+        sets = item["masks"] if "masks" in item else masks
         state = start_at(model, prompt, L, p0)
         index = prompt.answer - p0
-        last = jnp.arange(vals.shape[n_lead]) == index
+        last = jnp.arange(prompt.tokens.shape[0] - p0) == index
         hot = last if pos_mask is None else pos_mask
-        hot = hot.reshape(*(1,) * n_lead, -1, *(1,) * n_tail)
 
         def edits(mask):
-            return {site.key: Replace(vals, unit_mask(mask, site) & hot)}
+            out = {}
+            for where, m, v in zip(sites, mask, vals, strict=True):
+                n_lead, n_tail = len(where.lead), len(where.tail)
+                h = hot.reshape(*(1,) * n_lead, -1, *(1,) * n_tail)
+                out[where.key] = Replace(v, unit_mask(m, where) & h)
+            return out
 
-        return sweep(model, state, L, masks, edits, metric, margs, index)
+        return sweep(model, state, L, sets, edits, metric, margs, index)
 
     return jax.vmap(per_prompt)(batch)
 
@@ -57,13 +62,14 @@ def _ablate(model, batch, masks, values, pos_mask, site, L, p0, metric):
 def ablation_sweep(
     model: Transformer,
     tokens: Int[ArrayLike, "prompt pos"],
-    masks: Bool[ArrayLike, "set ..."],
+    masks: Bool[ArrayLike, "..."] | Sequence[Bool[ArrayLike, "..."]],
     *,
     metric: Callable,
     metric_args: tuple = (),
-    tap: str = "mlp.hook_post",
-    values: Float[ArrayLike, "..."] | None = None,
+    tap: str | Sequence[str] = "mlp.hook_post",
+    values: Float[ArrayLike, "..."] | None | Sequence = None,
     positions: Positions = "last",
+    masks_per_prompt: bool = False,
     attention_mask: ArrayLike | None = None,
     answer_pos: Int[ArrayLike, " prompt"] | None = None,
     batch_size: int = 32,
@@ -74,17 +80,22 @@ def ablation_sweep(
     Arguments:
         model: the transformer.
         tokens: `[prompt, pos]` (padded with `attention_mask` when ragged).
-        masks: `[set, layer, *unit]` (`[set, *unit]` for a top-level tap), True = ablate.
+        masks: `[set, layer, *unit]` (`[set, *unit]` for a top-level tap), True = ablate;
+            with several taps, a sequence of such masks, one per tap, with the same sets.
         metric: `metric(logits, *args) -> scalar or pytree` (see `metrics`), on the logits
             `[d_vocab]` at each prompt's answer position.
         metric_args: arrays with a leading `prompt` axis, sliced per prompt for `metric`.
-        tap: block tap suffix (`"mlp.hook_post"`, `"attn.hook_z"`, ...) or `"hook_embed"`.
+        tap: block tap suffix (`"mlp.hook_post"`, `"attn.hook_z"`, ...) or `"hook_embed"`;
+            or a sequence of them, ablated together.
         values: replacement values: None (zero ablation), `[layer, pos, *tail]` (mean
             ablation, e.g. from `means.mean_cache`), or `[prompt, layer, pos, *tail]`
             (resample ablation, e.g. `means.stacked_activations` of other prompts); no
-            `layer` axis for a top-level tap.
+            `layer` axis for a top-level tap. With several taps, one entry per tap (None
+            or shared `[layer, pos, *tail]` values).
         positions: `"last"` (each prompt's answer position), `"all"`, or a bool `[pos]`
             mask of the edited positions.
+        masks_per_prompt: every mask has a leading `prompt` axis (`[prompt, set, layer,
+            *unit]`): each prompt runs its own sets (all prompts the same number).
         attention_mask: `[prompt, pos]`, 1 = token, 0 = padding.
         answer_pos: `[prompt]` positions the metric reads (default: last real token).
         batch_size: prompts per device call (each runs every set).
@@ -95,15 +106,35 @@ def ablation_sweep(
     """
     cfg = model.cfg
     batch = {"prompt": prompts(cfg, tokens, attention_mask, answer_pos)}
-    n_pos = batch["prompt"].tokens.shape[1]
-    where = site(tap, cfg)
-    masks = np.asarray(masks)
-    if masks.dtype != np.bool_ or masks.shape[1 : 1 + len(where.lead)] != where.lead:
+    n_prompt, n_pos = batch["prompt"].tokens.shape
+    several = not isinstance(tap, str)
+    taps = tuple(tap) if several else (tap,)
+    masks = tuple(masks) if several else (masks,)
+    values = tuple(values) if several and values is not None else (values,) * len(taps)
+    if not taps or len(masks) != len(taps) or len(values) != len(taps):
         raise ValueError(
-            f"masks must be bool [set, {', '.join(map(str, where.lead))}"
-            f"{', ' if where.lead else ''}*unit], got {masks.dtype}{list(masks.shape)}"
+            f"ablation of {len(taps)} taps needs one mask and one values entry per tap, "
+            f"got {len(masks)} masks and {len(values)} values"
         )
-    L = first_edited(masks, 1) if where.stacked else EMBED
+    sites = tuple(site(t, cfg) for t in taps)
+    lead = 1 + masks_per_prompt
+    checked, starts, n_sets = [], [], set()
+    for where, m in zip(sites, masks, strict=True):
+        m = np.asarray(m)
+        want = f"[{'prompt, ' * masks_per_prompt}set, {', '.join(map(str, where.lead))}"
+        if m.dtype != np.bool_ or m.shape[lead : lead + len(where.lead)] != where.lead:
+            raise ValueError(
+                f"masks of {where.key} must be bool {want}{', ' if where.lead else ''}"
+                f"*unit], got {m.dtype}{list(m.shape)}"
+            )
+        if masks_per_prompt and m.shape[0] != n_prompt:
+            raise ValueError(f"masks have {m.shape[0]} prompts, tokens {n_prompt}")
+        n_sets.add(m.shape[lead - 1])
+        starts.append(first_edited(m, lead) if where.stacked else EMBED)
+        checked.append(m)
+    if len(n_sets) != 1:
+        raise ValueError(f"every tap's masks must list the same sets: {sorted(n_sets)}")
+    L = min(starts)
     if isinstance(positions, str):
         if positions not in ("last", "all"):
             raise ValueError(
@@ -116,27 +147,35 @@ def ablation_sweep(
         if pos_mask.shape != (n_pos,) or pos_mask.dtype != np.bool_:
             raise ValueError(f"position mask must be bool [{n_pos}]: {pos_mask.shape}")
         p0 = min(first_edited(pos_mask, 0), int(batch["prompt"].answer.min()))
-    if values is None:
-        values = np.zeros((*where.lead, n_pos, *where.tail), model.embed.W_E.dtype)
-    values = jnp.asarray(values)
-    shape = (*where.lead, n_pos, *where.tail)
-    if values.shape not in (shape, (len(batch["prompt"].tokens), *shape)):
-        raise ValueError(
-            f"values must be {list(shape)} or [prompt, {str(list(shape))[1:-1]}], got "
-            f"{list(values.shape)}"
-        )
-    per_prompt = values.ndim == 2 + len(where.lead) + len(where.tail)
-    pos_axis = len(where.lead) + per_prompt
-    values = jax.lax.slice_in_dim(values, p0, n_pos, axis=pos_axis)
+    per_prompt = None
+    sliced = []
+    for where, v in zip(sites, values, strict=True):
+        shape = (*where.lead, n_pos, *where.tail)
+        if v is None:
+            v = np.zeros(shape, model.embed.W_E.dtype)
+        v = jnp.asarray(v)
+        if v.shape not in (shape, (n_prompt, *shape)) or (several and v.shape != shape):
+            allowed = f" or [prompt, {str(list(shape))[1:-1]}]" * (not several)
+            raise ValueError(
+                f"values of {where.key} must be {list(shape)}{allowed}, got "
+                f"{list(v.shape)}"
+            )
+        per_prompt = v.ndim > len(shape)
+        axis = len(where.lead) + per_prompt
+        sliced.append(jax.lax.slice_in_dim(v, p0, n_pos, axis=axis))
     if per_prompt:
-        batch["values"] = values
+        batch["values"] = tuple(sliced)
     batch["margs"] = jax.tree.map(np.asarray, tuple(metric_args))
-    masks = jnp.asarray(masks)
+    if masks_per_prompt:
+        batch["masks"] = tuple(checked)
+    shared_masks = None if masks_per_prompt else tuple(jnp.asarray(m) for m in checked)
     pos_mask = None if pos_mask is None else jnp.asarray(pos_mask[p0:])
-    shared = None if per_prompt else values
+    shared = None if per_prompt else tuple(sliced)
 
     def chunk(batch):
-        return _ablate(model, batch, masks, shared, pos_mask, where, L, p0, metric)
+        return _ablate(
+            model, batch, shared_masks, shared, pos_mask, sites, L, p0, metric
+        )
 
     return stream(
         chunk, batch, batch_size=batch_size, desc="ablate", progress_bar=progress_bar

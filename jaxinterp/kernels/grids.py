@@ -13,8 +13,9 @@ the chosen taps at positions of the `[b] + suffix` part for every `(a, b)` of th
 Pairs stream through one compiled program in fixed-size sub-grids (whole rows of `a` when
 they fit; the last ones padded), sized by `batch_size` or a memory budget. Inside a row the
 `a` cache is shared, not copied per pair. Results are either materialized
-(`[a, b, layer, unit]`), reduced on the fly (`reduce="mean"` or `"topk"`: the top-k pairs of
-every unit), or written to a `.npy` memmap that a later call resumes (`out=`).
+(`[a, b, layer, unit]`), reduced on the device block by block (`reduce="mean"`, accumulated in
+float64 on the host, or `"topk"`: the top-k pairs of every unit), or written to a `.npy`
+memmap that a later call resumes (`out=`).
 """
 
 import os
@@ -118,6 +119,13 @@ def _blocks(n_a: int, n_b: int, batch_size: int):
 
 
 @eqx.filter_jit
+@jax.jit
+def _block_sum(acts, valid):
+    """Sum over the valid `[rows, cols]` pairs of a block, in float32 on the device."""
+    valid = valid.reshape(*valid.shape, *(1,) * (acts.ndim - 2))
+    return jnp.sum(jnp.where(valid, acts.astype(jnp.float32), 0.0), axis=(0, 1))
+
+
 def _merge_topk(top_v, top_i, vals, idx, valid, k):
     flat = vals.reshape(vals.shape[0], -1)
     flat = jnp.where(valid[:, None], flat, -jnp.inf)
@@ -286,8 +294,9 @@ def operand_grid(
             )
             if finish is not None:
                 finish(stop)
-        elif reduce == "mean":
-            total += np.asarray(acts, np.float64)[: a1 - a0, : b1 - b0].sum((0, 1))
+        elif reduce == "mean":  # summed on device per block, accumulated in float64
+            valid = (np.arange(rows) < a1 - a0)[:, None] & (np.arange(cols) < b1 - b0)
+            total += np.asarray(_block_sum(acts, jnp.asarray(valid)), np.float64)
         else:
             valid = (np.arange(rows) < a1 - a0)[:, None] & (np.arange(cols) < b1 - b0)
             top_v, top_i = _merge_topk(

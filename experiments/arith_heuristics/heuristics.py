@@ -1,0 +1,156 @@
+"""Stages `kmaps` and `classify` (paper-spec §7): activation maps of the important neurons
+over every legal operand pair, their logit-weighted versions, and the heuristic labels.
+
+* K map of neuron (l, n): its activation at `=` for every legal pair `(op1, op2)`, in the
+  official pair order (op1 ascending, then op2; `pairs_<op>`), computed with the operand
+  grid (only `op2 =` runs per pair).
+* KV map: K times the neuron's logit-lens value of the pair's answer token, with the
+  unembedding processed as TransformerLens's `fold_ln` + `center_unembed` do (as the
+  official code reads it).
+
+Stored per operator: `K_<op>`, `KV_<op>` float32 `[neuron, pair]`, `pairs_<op>` int
+`[pair, 2]` and `neurons_<op>` int `[neuron, 2]` (layer, neuron index): any classifier can
+be run on them. The HYBRID labels (result heuristics from KV, the others from K) are in
+the `classify` stage's summary.
+"""
+
+import numpy as np
+
+from jaxinterp.kernels import neuron_logit_lens, operand_grid
+
+from . import arith_tokenizer as tok
+from . import classify as clf
+from .pipeline import Context, op_key
+from .prompts import operand_range
+
+
+def important_neurons(ctx: Context, op: str) -> np.ndarray:
+    """int `[neuron, 2]` (layer, neuron) of the operator's top neurons, layer-major."""
+    top = ctx.get("attribution")[0]["top"][ctx.config.operators.index(op)]
+    return np.array(
+        [
+            (layer, int(n))
+            for layer, row in zip(ctx.heuristic_layers, top, strict=True)
+            for n in row
+        ]
+    )
+
+
+def kmaps(
+    ctx: Context, model, op: str, neurons: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`(K [neuron, pair], KV [neuron, pair], pairs [pair, 2])` of `neurons` (`[neuron,
+    2]` layer, index) over every legal pair of `op`; one operand grid for all layers."""
+    legal = ctx.legal(op)
+    pairs = np.array([(p.op1, p.op2) for p in legal])
+    values = np.array(operand_range(op, ctx.config.max_op))
+    ids = tok.NUMBER_OFFSET + values
+    layers = sorted(set(neurons[:, 0].tolist()))
+    union, column = np.unique(neurons[:, 1], return_inverse=True)
+    grid = operand_grid(
+        model,
+        ids,
+        ids,
+        prefix=[tok.BOS_ID],
+        middle=[tok.OPERATOR_IDS[op]],
+        suffix=[tok.EQUALS_ID],
+        layers=layers,
+        units=union,
+        batch_size=8 * ctx.config.batch_size,
+        progress_bar=ctx.progress,
+    )  # [a, b, layer, unit]
+    grid = grid[pairs[:, 0] - values[0], pairs[:, 1] - values[0]]  # [pair, layer, unit]
+    K = grid[:, np.searchsorted(layers, neurons[:, 0]), column].T
+    lens = np.concatenate(
+        [
+            np.asarray(
+                neuron_logit_lens(model, layer, neurons[neurons[:, 0] == layer, 1])
+            )
+            for layer in layers
+        ]
+    )  # [neuron, d_vocab]; `neurons` is layer-major
+    KV = K * lens[:, tok.answer_tokens(legal)]
+    return K.astype(np.float32), KV.astype(np.float32), pairs
+
+
+def kmaps_stage(ctx: Context):
+    arrays, summary = {}, {"n_pairs": {}, "n_neurons": {}}
+    for op in ctx.config.operators:
+        neurons = important_neurons(ctx, op)
+        K, KV, pairs = kmaps(ctx, ctx.model, op, neurons)
+        key = op_key(op)
+        arrays[f"K_{key}"], arrays[f"KV_{key}"] = K, KV
+        arrays[f"pairs_{key}"], arrays[f"neurons_{key}"] = pairs, neurons
+        summary["n_pairs"][op] = len(pairs)
+        summary["n_neurons"][op] = len(neurons)
+    return arrays, summary
+
+
+def classify_maps(
+    ctx: Context, op: str, K, KV, pairs, neurons, threshold: float
+) -> tuple[dict[str, list], float, list]:
+    """HYBRID labels `name -> [[layer, neuron, score]]` (score >= threshold), the share of
+    neurons with a label at the classification threshold, and the classifier's notes."""
+    cfg = ctx.config
+    common = dict(
+        op=op, max_single_token=tok.MAX_NUMBER, mode=cfg.mode, max_op=cfg.max_op
+    )
+    hybrid = clf.hybrid(
+        clf.classify(K, pairs, kind="K", **common),
+        clf.classify(KV, pairs, kind="KV", **common),
+    )
+    matched = hybrid.matched(threshold)
+    labels = {
+        name: [[*map(int, neurons[row]), float(score)] for row, score in entries]
+        for name, entries in matched.items()
+        if entries
+    }
+    rows = {
+        row
+        for entries in matched.values()
+        for row, score in entries
+        if score >= cfg.threshold
+    }
+    return labels, len(rows) / len(neurons), list(getattr(hybrid, "notes", []))
+
+
+def classify_stage(ctx: Context):
+    maps = ctx.get("kmaps")[0]
+    summary = {"classified": {}, "n_analysed": {}, "labels": {}, "notes": {}}
+    lowest = min(ctx.config.threshold, knockout_threshold(ctx))
+    for op in ctx.config.operators:
+        key = op_key(op)
+        neurons = maps[f"neurons_{key}"]
+        labels, share, notes = classify_maps(
+            ctx,
+            op,
+            maps[f"K_{key}"],
+            maps[f"KV_{key}"],
+            maps[f"pairs_{key}"],
+            neurons,
+            lowest,
+        )
+        summary["labels"][op] = labels
+        summary["classified"][op] = share
+        summary["n_analysed"][op] = len(neurons)
+        summary["notes"][op] = notes
+    return {}, summary
+
+
+def knockout_threshold(ctx: Context) -> float:
+    """Score threshold of the heuristic-type knockout: 0.55 in parity mode (the files
+    behind the published figure), the classification threshold in clean mode."""
+    return 0.55 if ctx.config.mode == "parity" else ctx.config.threshold
+
+
+def labels_of(
+    ctx: Context, op: str, threshold: float, labels: dict | None = None
+) -> dict[str, list]:
+    """HYBRID heuristic name -> `[(layer, neuron, score)]` with score >= threshold (of the
+    classify stage, or of the given labels)."""
+    labels = ctx.get("classify")[1]["labels"][op] if labels is None else labels
+    return {
+        name: kept
+        for name, entries in labels.items()
+        if (kept := [e for e in entries if e[2] >= threshold])
+    }
