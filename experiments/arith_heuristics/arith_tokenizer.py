@@ -176,6 +176,11 @@ def answer_token(result: int) -> int:
     return NUMBER_OFFSET + result
 
 
+def grid_template(op: str) -> dict[str, list[int]]:
+    """`prefix`, `middle` and `suffix` of `[BOS, a, op, b, =]` for `kernels.operand_grid`."""
+    return dict(prefix=[BOS_ID], middle=[OPERATOR_IDS[op]], suffix=[EQUALS_ID])
+
+
 def decode(ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
     """Decode ids to text, e.g. `[0, 229, 1004, 71, 1007]` -> `"226-68="`."""
     return _shared().decode(list(ids), skip_special_tokens=skip_special_tokens)
