@@ -205,3 +205,17 @@ def test_shipped_checkpoints_load_and_stack():
     assert stacked.blocks.mlp.W_out.shape[0] == 2
     # different weights at different steps, the same structure
     assert not np.array_equal(models[0].blocks.mlp.W_out, models[-1].blocks.mlp.W_out)
+
+
+def test_faithfulness_is_one_for_the_model_and_zero_for_nothing(tiny_run):
+    out, _ = tiny_run
+    run = RunDir(out, json.loads((out / "run.json").read_text()))
+    ctx = pipeline.Context(TINY, pipeline.load_model("arith-neox"), run, False)
+    cfg = ctx.model.cfg
+    heads = np.zeros((2, cfg.n_layers, cfg.n_heads), bool)
+    neurons = np.zeros((2, cfg.n_layers, cfg.d_mlp), bool)
+    heads[1], neurons[1] = True, True  # set 0: nothing kept; set 1: everything kept
+    f, dropped = circuit.faithfulness(ctx, ctx.select("+", "discovery"), heads, neurons)
+    assert dropped == 0
+    assert f[0] == pytest.approx(0.0, abs=1e-6)  # the circuit is the ablated model
+    assert f[1] == pytest.approx(1.0, abs=1e-5)  # the circuit is the model
