@@ -14,7 +14,6 @@ repeats the list.
 """
 
 import dataclasses
-import functools
 import pathlib
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from jaxinterp.store import model_digest
 
 from . import arith_tokenizer as tok
 from .prompts import OPERATOR_NAMES, OPERATORS, Prompt, legal_prompts
+from .rundir import RunDir
 
 MODES = ("parity", "clean")
 PIPELINE_VERSION = 2
@@ -157,15 +157,16 @@ def op_key(op: str) -> str:
     return OPERATOR_NAMES[op][:3]
 
 
-@dataclasses.dataclass(eq=False)  # hashed by identity (cached methods)
+@dataclasses.dataclass
 class Context:
     """What every stage sees: the configuration, the model and earlier stages' results."""
 
     config: Config
     model: Transformer
-    run: "RunDir"  # noqa: F821 (imported lazily below to keep this module light)
+    run: RunDir
     progress: bool = True
-    _loaded: dict = dataclasses.field(default_factory=dict)
+    _loaded: dict = dataclasses.field(default_factory=dict)  # stage -> results
+    _legal: dict = dataclasses.field(default_factory=dict)  # op -> prompts
 
     @property
     def first_layer(self) -> int:
@@ -195,12 +196,13 @@ class Context:
             self._loaded[stage] = self.run.load(stage)
         return self._loaded[stage]
 
-    @functools.cache  # noqa: B019 (one context per run)
     def legal(self, op: str) -> list[Prompt]:
         """Every legal prompt of `op` (paper-spec §2.1), in enumeration order."""
-        return legal_prompts(
-            op, max_single_token=tok.MAX_NUMBER, max_op=self.config.max_op
-        )
+        if op not in self._legal:
+            self._legal[op] = legal_prompts(
+                op, max_single_token=tok.MAX_NUMBER, max_op=self.config.max_op
+            )
+        return self._legal[op]
 
     def select(self, op: str, key: str) -> list[Prompt]:
         """Prompts of `op` stored by the prompts stage as indices (`discovery`, ...)."""
@@ -271,7 +273,6 @@ def run(
         The path of the HTML report.
     """
     from . import report
-    from .rundir import RunDir
 
     model = load_model(config.model)
     identity = dict(
