@@ -52,101 +52,87 @@ def _label_set(labels: dict) -> set[tuple[str, int, int]]:
     }
 
 
-def dynamics_stage(ctx: Context):
-    cfg = ctx.config
-    ops = [op for op in cfg.operators if op in cfg.dynamics_ops]
-    if not ops:
-        raise ValueError(
-            f"no operator of {cfg.ops!r} is in dynamics_ops {cfg.dynamics_ops!r}"
-        )
+def _checkpoints(ctx: Context) -> tuple[list[int], list]:
     steps, models = checkpoints.load()
-    if cfg.dynamics_steps is not None:
-        missing = sorted(set(cfg.dynamics_steps) - set(steps))
-        if missing:
-            raise ValueError(
-                f"no shipped checkpoint at steps {missing}; there are {steps}"
-            )
-        keep = [i for i, s in enumerate(steps) if s in cfg.dynamics_steps]
-        steps, models = [steps[i] for i in keep], [models[i] for i in keep]
+    wanted = ctx.config.dynamics_steps
+    if wanted is None:
+        return steps, models
+    missing = sorted(set(wanted) - set(steps))
+    if missing:
+        raise ValueError(f"no shipped checkpoint at steps {missing}; there are {steps}")
+    keep = [i for i, s in enumerate(steps) if s in wanted]
+    return [steps[i] for i in keep], [models[i] for i in keep]
+
+
+def _correct_sets(ctx: Context, ops: list[str], models: list) -> list[dict]:
+    """Per checkpoint, op -> its correct prompts among a fixed sample of legal ones;
+    every checkpoint in one program (vmapped over the stacked checkpoints)."""
     stacked = checkpoints.stack(models)
     rng = np.random.default_rng(0)
-    samples = {}
+    out = [{} for _ in models]
     for op in ops:
         legal = ctx.legal(op)
-        idx = rng.choice(
-            len(legal), min(cfg.dynamics_prompts, len(legal)), replace=False
-        )
-        samples[op] = [legal[i] for i in np.sort(idx)]
-    preds = {
-        op: np.asarray(
-            stream(
-                lambda t: _predictions(stacked, t),
-                tokens_of(samples[op]),
-                batch_size=cfg.batch_size * 4,
-                desc="checkpoints",
-                progress_bar=ctx.progress,
-                axis=1,
-            )
-        )
+        n = min(ctx.config.dynamics_prompts, len(legal))
+        sample = [legal[i] for i in np.sort(rng.choice(len(legal), n, replace=False))]
+        preds = stream(
+            lambda t: _predictions(stacked, t),
+            tokens_of(sample),
+            batch_size=ctx.config.batch_size * 4,
+            desc="checkpoints",
+            progress_bar=ctx.progress,
+            axis=1,
+        )  # [checkpoint, prompt]
+        ok = np.asarray(preds) == answers_of(sample)
+        for c in range(len(models)):
+            out[c][op] = [p for p, hit in zip(sample, ok[c], strict=True) if hit]
+    return out
+
+
+def _analyse(ctx: Context, model, correct: dict) -> dict:
+    """One checkpoint through the pipeline: filtered prompts, attribution, top neurons,
+    K/KV maps and HYBRID labels (paper-spec §10)."""
+    ops = list(correct)
+    filtered = filtered_50(correct, seed=42, k=ctx.config.n_discovery)
+    pool = [p for op in ops for p in filtered[op]]
+    rng = random.Random(42)
+    distinct = ctx.config.mode == "clean"
+    clean = [p for op in ops for p in filtered[op]]
+    corrupt = [
+        p
         for op in ops
-    }  # op -> [checkpoint, prompt]
-    accuracy = np.array(
-        [
-            [(preds[op][c] == answers_of(samples[op])).mean() for op in ops]
-            for c in range(len(steps))
-        ]
-    )
-    per_ckpt = []
-    for c, model in enumerate(models):
-        correct = {
-            op: [
-                p
-                for p, ok in zip(
-                    samples[op], preds[op][c] == answers_of(samples[op]), strict=True
-                )
-                if ok
-            ]
-            for op in ops
-        }
-        filtered = filtered_50(correct, seed=42, k=cfg.n_discovery)
-        pool = [p for op in ops for p in filtered[op]]
-        rng_cf = random.Random(42)
-        corrupt = [
-            p
-            for op in ops
-            for p in counterfactual_pairs(
-                filtered[op], pool, rng=rng_cf, distinct_answers=cfg.mode == "clean"
-            )
-        ]
-        clean = [p for op in ops for p in filtered[op]]
-        imp = importance(ctx, model, clean, corrupt, len(ops))[0]
-        top = top_neurons(ctx, imp)
-        labels, classified = {}, {}
-        for i, op in enumerate(ops):
-            neurons = np.array(
-                [
-                    (layer, int(n))
-                    for layer, row in zip(ctx.heuristic_layers, top[i], strict=True)
-                    for n in row
-                ]
-            )
-            K, KV, pairs = kmaps(ctx, model, op, neurons)
-            labels[op], classified[op], _ = classify_maps(
-                ctx, op, K, KV, pairs, neurons, cfg.threshold
-            )
-        per_ckpt.append(
-            dict(
-                filtered=filtered,
-                top=top,
-                labels=labels,
-                classified=classified,
-                correct=correct,
-            )
+        for p in counterfactual_pairs(
+            filtered[op], pool, rng=rng, distinct_answers=distinct
         )
-    final = per_ckpt[-1]
-    # Fig. 10a: the final model's labels on its top quarter of neurons, found earlier
+    ]
+    top = top_neurons(ctx, importance(ctx, model, clean, corrupt, len(ops))[0])
+    labels, classified = {}, {}
+    for i, op in enumerate(ops):
+        neurons = np.array(
+            [
+                (layer, int(n))
+                for layer, row in zip(ctx.heuristic_layers, top[i], strict=True)
+                for n in row
+            ]
+        )
+        K, KV, pairs = kmaps(ctx, model, op, neurons)
+        labels[op], classified[op], _ = classify_maps(
+            ctx, op, K, KV, pairs, neurons, ctx.config.threshold
+        )
+    return dict(
+        filtered=filtered,
+        top=top,
+        labels=labels,
+        classified=classified,
+        correct=correct,
+    )
+
+
+def _intersection(ctx: Context, runs: list[dict]) -> np.ndarray:
+    """Fig. 10a: share of the final model's labels on its top quarter of neurons that each
+    checkpoint already has, mean over operators."""
+    final, ops = runs[-1], list(runs[-1]["labels"])
     quarter = max(1, ctx.top_k // 4)
-    intersection = np.zeros(len(steps))
+    out = np.zeros(len(runs))
     for i, op in enumerate(ops):
         keep = {
             (layer, int(n))
@@ -154,66 +140,92 @@ def dynamics_stage(ctx: Context):
             for n in row[:quarter]
         }
         goal = {t for t in _label_set(final["labels"][op]) if (t[1], t[2]) in keep}
-        for c, run in enumerate(per_ckpt):
-            intersection[c] += (
-                len(goal & _label_set(run["labels"][op])) / max(1, len(goal)) / len(ops)
-            )
-    # Fig. 10b: faithfulness with all vs mutual heuristic neurons (addition)
-    faith_all = np.full(len(steps), np.nan)
-    faith_mutual = np.full(len(steps), np.nan)
-    if "+" in ops:
-        mcfg = ctx.model.cfg
-        heads = np.broadcast_to(
-            circuit_heads(ctx, "+"), (2, mcfg.n_layers, mcfg.n_heads)
-        )
-        numbers = tok.NUMBER_OFFSET + np.arange(0, cfg.max_op, MEAN_STRIDE)
-        final_set = _label_set(final["labels"]["+"])
-        for c, (model, run) in enumerate(zip(models, per_ckpt, strict=True)):
-            sets = np.zeros((2, mcfg.n_layers, mcfg.d_mlp), bool)
-            sets[:, : ctx.first_layer] = True
-            for name, layer, n in _label_set(run["labels"]["+"]):
-                sets[0, layer, n] = True
-                if (name, layer, n) in final_set:
-                    sets[1, layer, n] = True
-            sample = random.Random(42).sample(
-                run["correct"]["+"], min(50, len(run["correct"]["+"]))
-            )
-            means = grid_means(ctx, model, numbers)
-            f, _ = faithfulness(ctx, sample, heads, sets, model=model, means=means)
-            faith_all[c], faith_mutual[c] = f
-    # Fig. 10c: prompt knockout across training (addition and subtraction)
-    grid = sorted({max(1, ctx.top_k // d) for d in (16, 8, 4)})
-    knock_h = np.zeros((len(steps), len(grid)))
-    knock_c = np.zeros((len(steps), len(grid)))
+        for c, run in enumerate(runs):
+            found = len(goal & _label_set(run["labels"][op]))
+            out[c] += found / max(1, len(goal)) / len(ops)
+    return out
+
+
+def _mutual_faithfulness(ctx: Context, models: list, runs: list[dict]) -> np.ndarray:
+    """Fig. 10b, addition: `[checkpoint, 2]` faithfulness of the final circuit's heads +
+    earlier MLPs + (all heuristic neurons of the checkpoint, only those whose label the
+    final model shares), each with the checkpoint's own mean cache."""
+    mcfg = ctx.model.cfg
+    heads = np.broadcast_to(circuit_heads(ctx, "+"), (2, mcfg.n_layers, mcfg.n_heads))
+    numbers = tok.NUMBER_OFFSET + np.arange(0, ctx.config.max_op, MEAN_STRIDE)
+    final = _label_set(runs[-1]["labels"]["+"])
+    out = np.zeros((len(runs), 2))
+    for c, (model, run) in enumerate(zip(models, runs, strict=True)):
+        sets = np.zeros((2, mcfg.n_layers, mcfg.d_mlp), bool)
+        sets[:, : ctx.first_layer] = True
+        for name, layer, n in _label_set(run["labels"]["+"]):
+            sets[0, layer, n] = True
+            sets[1, layer, n] |= (name, layer, n) in final
+        correct = run["correct"]["+"]
+        sample = random.Random(42).sample(correct, min(50, len(correct)))
+        means = grid_means(ctx, model, numbers)
+        out[c] = faithfulness(ctx, sample, heads, sets, model=model, means=means)[0]
+    return out
+
+
+def _knockouts(ctx: Context, models: list, runs: list[dict], grid: list[int]):
+    """Fig. 10c: prompt knockout at each checkpoint, mean over + and -: `(heuristic,
+    control)` accuracies `[checkpoint, L]`."""
+    ops = list(runs[-1]["labels"])
     knock_ops = [op for op in ops if op in "+-"]
-    for c, (model, run) in enumerate(zip(models, per_ckpt, strict=True)):
+    heuristic = np.zeros((len(runs), len(grid)))
+    control = np.zeros((len(runs), len(grid)))
+    for c, (model, run) in enumerate(zip(models, runs, strict=True)):
         for op in knock_ops:
-            i = ops.index(op)
             out = prompt_knockout(
                 ctx,
                 op,
                 run["filtered"][op],
-                run["top"][i],
+                run["top"][ops.index(op)],
                 labels=run["labels"][op],
                 model=model,
                 grid=grid,
             )
-            knock_h[c] += np.array(out["heuristic"]) / len(knock_ops)
-            knock_c[c] += np.array(out["control"]) / len(knock_ops)
-    ratio = faith_mutual / faith_all
+            heuristic[c] += np.array(out["heuristic"]) / len(knock_ops)
+            control[c] += np.array(out["control"]) / len(knock_ops)
+    return heuristic, control
+
+
+def dynamics_stage(ctx: Context):
+    cfg = ctx.config
+    ops = [op for op in cfg.operators if op in cfg.dynamics_ops]
+    if not ops:
+        raise ValueError(
+            f"no operator of {cfg.ops!r} is in dynamics_ops {cfg.dynamics_ops!r}"
+        )
+    steps, models = _checkpoints(ctx)
+    correct = _correct_sets(ctx, ops, models)
+    runs = [_analyse(ctx, m, c) for m, c in zip(models, correct, strict=True)]
+    faith = np.full((len(steps), 2), np.nan)
+    if "+" in ops:
+        faith = _mutual_faithfulness(ctx, models, runs)
+    grid = sorted({max(1, ctx.top_k // d) for d in (16, 8, 4)})
+    knock_h, knock_c = _knockouts(ctx, models, runs, grid)
+    accuracy = np.array(
+        [
+            [len(c[op]) / min(cfg.dynamics_prompts, len(ctx.legal(op))) for op in ops]
+            for c in correct
+        ]
+    )
+    ratio = faith[:, 1] / faith[:, 0]
     summary = {
         "steps": steps,
         "ops": ops,
         "L": grid,
         "mutual_ratio": float(np.nanmean(ratio)) if np.isfinite(ratio).any() else None,
-        "classified": [run["classified"] for run in per_ckpt],
+        "classified": [run["classified"] for run in runs],
     }
     arrays = dict(
         steps=np.array(steps),
         accuracy=accuracy,
-        intersection=intersection,
-        faith_all=faith_all,
-        faith_mutual=faith_mutual,
+        intersection=_intersection(ctx, runs),
+        faith_all=faith[:, 0],
+        faith_mutual=faith[:, 1],
         knock_heuristic=knock_h,
         knock_control=knock_c,
     )
