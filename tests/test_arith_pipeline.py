@@ -169,7 +169,10 @@ def test_cli_names_a_bad_option(tmp_path, capsys):
     code = main(["arithmetic", "--ops", "+x", "--out", str(tmp_path / "r")])
     assert code == 2
     assert "ops must be distinct operators" in capsys.readouterr().err
-    assert not (tmp_path / "r").exists()
+    code = main(["arithmetic", "--top-k", "600", "--out", str(tmp_path / "r")])
+    assert code == 2
+    assert "top_k must be in [1, 512], got 600" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # refused before anything was written
 
 
 def test_dynamics_over_two_checkpoints(tiny_run):

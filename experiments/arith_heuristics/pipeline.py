@@ -152,6 +152,24 @@ class Config:
         return tuple(op for op in OPERATORS if op in self.ops)
 
 
+def first_layer(config: Config, model: Transformer) -> int:
+    """First layer of the heuristic neurons: `config.first_layer`, default half the depth."""
+    n = model.cfg.n_layers
+    first = n // 2 if config.first_layer is None else config.first_layer
+    if not 0 <= first < n:
+        raise ValueError(f"first_layer must be in [0, {n}), got {first}")
+    return first
+
+
+def top_k(config: Config, model: Transformer) -> int:
+    """Important neurons per layer: `config.top_k`, default 1/8 of the MLP width."""
+    d = model.cfg.d_mlp
+    k = max(1, d // 8) if config.top_k is None else config.top_k
+    if not 1 <= k <= d:
+        raise ValueError(f"top_k must be in [1, {d}], got {k}")
+    return k
+
+
 def op_key(op: str) -> str:
     """Short array-name key of an operator (`"+"` -> `"add"`)."""
     return OPERATOR_NAMES[op][:3]
@@ -170,21 +188,11 @@ class Context:
 
     @property
     def first_layer(self) -> int:
-        first = self.config.first_layer
-        n = self.model.cfg.n_layers
-        first = n // 2 if first is None else first
-        if not 0 <= first < n:
-            raise ValueError(f"first_layer must be in [0, {n}), got {first}")
-        return first
+        return first_layer(self.config, self.model)
 
     @property
     def top_k(self) -> int:
-        k = self.config.top_k
-        d = self.model.cfg.d_mlp
-        k = max(1, d // 8) if k is None else k
-        if not 1 <= k <= d:
-            raise ValueError(f"top_k must be in [1, {d}], got {k}")
-        return k
+        return top_k(self.config, self.model)
 
     @property
     def heuristic_layers(self) -> list[int]:
@@ -275,6 +283,7 @@ def run(
     from . import report
 
     model = load_model(config.model)
+    first_layer(config, model), top_k(config, model)  # bad values fail before any work
     identity = dict(
         dataclasses.asdict(config),
         model_digest=model_digest(model),
