@@ -375,6 +375,26 @@ def test_ties_are_broken_by_pair_index():
         assert run(coarse, pairs, "*", mode, check_bottom=True).to_dict() == expected
 
 
+def test_descending_order_is_the_stable_argsort_at_both_ends():
+    # Packed-key sort / partition: the first `top` and last `bottom` positions equal the
+    # stable descending argsort (ties by pair index, -0.0 == 0.0); the middle holds the
+    # remaining pairs in any order. float64 maps that float32 cannot hold take argsort.
+    rng = np.random.default_rng(2)
+    maps = np.round(rng.standard_normal((5, 3000)), 1).astype(np.float32)
+    maps[:, :50] = -0.0
+    maps[:, 50:100] = 0.0
+    expected = np.argsort(-maps, axis=1, kind="stable")
+    for top, bottom in ((3000, 0), (400, 0), (400, 700), (1500, 1500)):
+        order = cl._descending_order(maps, top, bottom)
+        assert np.array_equal(order[:, :top], expected[:, :top])
+        assert np.array_equal(order[:, 3000 - bottom :], expected[:, 3000 - bottom :])
+        assert np.array_equal(np.sort(order, axis=1), np.sort(expected, axis=1))
+    fine = maps.astype(np.float64) + 1e-12 * np.arange(3000)
+    assert np.array_equal(
+        cl._descending_order(fine, 10, 0), np.argsort(-fine, axis=1, kind="stable")
+    )
+
+
 def test_rejects_bad_input():
     pairs = legal_pairs("*")
     maps = ordered_map(len(pairs))

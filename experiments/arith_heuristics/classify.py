@@ -73,20 +73,38 @@ official classifier does: the K-run and KV-run dictionaries then equal the offic
 × post-processing sees the run's own `result_value_000`. `hybrid` then takes the result names
 from the KV run and the rest from the K run (§7.2).
 
-Vectorisation (no Python loop over neurons or heuristics): one argsort per map (the SIMD
-quicksort, with a stable re-sort of rows that have ties, so the order is exactly
-`np.argsort(-maps, axis=1, kind="stable")`). Each value a heuristic looks at (op1, op2, the
-result, "both operands are r mod n", ...) is read along the ordering once per end; the first
-positions are cut into segments at every k the heuristics of that value need, one bincount per
-chunk of neurons gives the histogram of (segment, value bin), and its cumulative sum over
-segments gives every heuristic's count at its own k. Patterns are one bincount of the wildcard
-codes of the first k values of all neurons of a chunk. Neurons are processed in chunks of rows
-only to bound memory.
+Vectorisation (no Python loop over neurons or heuristics):
+
+* ordering: each map row becomes packed uint64 keys (value bits ordered descending in the
+  high half, pair index in the low half), so one plain SIMD sort gives exactly
+  `np.argsort(-maps, axis=1, kind="stable")` with no tie handling. Only the positions a
+  rule reads are ordered: when the top and bottom reaches leave a middle, a SIMD partition
+  puts the two ends in place and only they are sorted.
+* fixed heuristics: every value a heuristic looks at (op1, op2, the result, "both operands
+  are r mod n", ...) has a precomputed bin per pair. The heuristics of a source are counted
+  in "parts": a segmented part cuts the first positions at every k it needs, gathers the
+  pairs' bins along the ordering (one `take` over a [position, row] array, so each part
+  reads a contiguous prefix), adds the (segment, row) offsets and takes one bincount per
+  chunk of neurons; summing the (segment, row, bin) table over segments (row slices, in
+  place) gives every heuristic's count at its own k. A per-bin part (heuristics with
+  disjoint value sets, each at its own k, such as the ranges of one size) drops positions
+  at or past their bin's k instead and needs no table. How a source's heuristics are split
+  into parts is chosen once per pair set by a cost model (`_Part.cost`).
+* discovered patterns: one bincount of the wildcard codes (a [value, mask] lookup table) of
+  the first k values of all neurons of a chunk.
+* assembly: fixed names have one entry per neuron, so their entries are written straight
+  to their final place; only the few discovered entries are sorted.
+* set-up (layout, k formulas, parts) is cached per (operator, S, max_op, mode, digest of
+  the pairs), for both ends, so a K run and its KV run share it.
+
+Neurons are processed in chunks of rows only to bound memory.
 """
 
 import dataclasses
+import hashlib
 import math
 import re
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -134,6 +152,7 @@ ZERO_CANCELLED = tuple(f"result_0mod{n}" for n in MOD_BASES) + tuple(
 )
 """× names zeroed for neurons whose `result_value_000` score is 1 (they follow from it)."""
 
+_PER_BIN_GROUPS = 4  # at most this many per-bin parts stand in for one segmented part
 _CAPPED_OPS = ("*", "/")  # result mods and ranges use k = min(k, max_op)
 _SECTION = 4096  # sub-positions per section in a neuron's emission order
 
@@ -149,7 +168,24 @@ _MASK_BASE = dict(
 _CODE_SPAN = sum(_CODES_PER_MASK)  # 1330 (mask, kept digits) codes
 _CODE_MASK = np.repeat(_MASKS, _CODES_PER_MASK)
 _FIXED_DIGITS = np.array([bin(mask).count("1") for mask in range(8)])
-_CHUNK_ELEMENTS = 1 << 21  # rows per chunk = this // n_pairs
+
+
+def _wildcard_codes() -> np.ndarray:
+    """[value 0..999, mask] the (mask, kept digits) code of the value's wildcard string."""
+    values = np.arange(1000)
+    digits = (values // 100, values // 10 % 10, values % 10)
+    codes = np.empty((values.size, len(_MASKS)), np.int64)
+    for i, mask in enumerate(_MASKS):
+        kept = _KEPT[mask]
+        number = sum(digits[j] * 10 ** (len(kept) - 1 - p) for p, j in enumerate(kept))
+        codes[:, i] = _MASK_BASE[mask] + number
+    return codes
+
+
+_WILDCARD_CODES = _wildcard_codes()
+_CHUNK_ELEMENTS = (
+    1 << 20
+)  # rows per chunk = this // n_pairs (measured: 2^19..2^21 alike)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # arrays: compare `to_dict()` instead
@@ -274,14 +310,13 @@ def classify(
     if not np.all(np.isfinite(maps)):
         raise ValueError("maps must be finite (the official ordering of NaN differs)")
     layout = _layout(op, max_single_token, max_op)
-    rules = _Rules.build(
-        layout, op, op1, op2, result, max_single_token, max_op, mode, check_bottom
-    )
+    rules = _cached_rules(layout, op, op1, op2, result, max_single_token, max_op, mode)
     n_rows = maps.shape[0]
     step = max(1, _CHUNK_ELEMENTS // max(op1.size, 1))
     fixed, found = [], []
+    offsets: dict[int, np.ndarray] = {}
     for start in range(0, n_rows, step):
-        chunk = _score_chunk(maps[start : start + step], rules, check_bottom)
+        chunk = _score_chunk(maps[start : start + step], rules, check_bottom, offsets)
         fixed.append(chunk.fixed)
         found.append(chunk.found.shifted(start))
     return _assemble(
@@ -549,37 +584,124 @@ class _Part:
     """The heuristics of one source counted on one end of the ordering, in one histogram.
 
     The first `reach` positions of the ordering are cut into segments at every k of the
-    part; one bincount gives, per neuron, the histogram of (segment, value bin), and its
-    cumulative sum over segments the count of every value among the first k positions.
-    A heuristic's count is the sum of that table over its accepted bins at its own k.
+    part; one bincount gives the histogram of (segment, neuron, value bin) of a chunk of
+    neurons, and its cumulative sum over segments (the outer axis, so that the sums run
+    over long contiguous rows) the count of every value among the first k positions. A
+    heuristic's count is the sum of that table over its accepted bins at its own k. The bin
+    of every pair is precomputed (`pair_bin`): counting is one gather along the ordering,
+    one add of the (segment, row) offsets and one bincount. A per-bin part (`bin_k` set,
+    see `per_bin`) has one segment and drops the positions at or past their bin's k.
     """
 
     source: str
     bottom: bool
     reach: int  # largest k
-    bins: np.ndarray | None  # value -> bin (None: the value is its own bin)
+    value_bin: np.ndarray  # [value] bin of a source value
     width: int  # number of bins
     boundaries: (
         np.ndarray
     )  # the distinct k values, ascending; segment i ends at the i-th
     n_segments: int
-    segment_offset: np.ndarray  # [reach] segment of each position * width
-    cells: np.ndarray  # flat (segment * width + bin) cells, grouped by heuristic
+    cell_segment: np.ndarray  # [cell] segment of the cells summed, grouped by heuristic
+    cell_bin: np.ndarray  # [cell] bin of those cells
     starts: np.ndarray  # [heuristic] start of its cells
     columns: np.ndarray  # [heuristic] column
+    bin_k: np.ndarray | None = None  # per-bin parts: [bin] k of the bin's heuristic
+    # Set by `with_pairs` once the part is chosen (the per-pair arrays are large):
+    pair_bin: np.ndarray | None = None  # int16 [pair] bin of the pair's source value
+    segment_offset: np.ndarray | None = None  # intp [reach] segment of each position
+
+    def with_pairs(self, pair_values: np.ndarray) -> "_Part":
+        """The part with its per-pair bins and per-position segments filled in."""
+        segment = np.zeros(self.reach, np.intp)  # per-bin parts: one segment
+        if self.bin_k is None:
+            segment[:] = np.searchsorted(
+                self.boundaries, np.arange(self.reach), "right"
+            )
+        return dataclasses.replace(
+            self,
+            pair_bin=self.value_bin[pair_values].astype(np.int16),
+            segment_offset=segment,
+        )
 
     @property
     def cost(self) -> int:
-        """Rough elements touched per neuron: positions, table entries and summed cells."""
-        return 3 * self.reach + self.n_segments * self.width + 2 * self.cells.size
+        """Rough element operations per neuron: positions, table entries, summed cells."""
+        if self.bin_k is not None:  # gather, k lookup, compare, offsets, mask, bincount
+            return 7 * self.reach + 2 * self.width
+        return (
+            4 * self.reach + 3 * self.n_segments * self.width + 2 * self.cell_bin.size
+        )
+
+    def offsets(self, n_rows: int) -> np.ndarray:
+        """intp [reach, row] bincount offset of every position: segment and row."""
+        rows = np.arange(n_rows, dtype=np.intp) * self.width
+        return (self.segment_offset * (n_rows * self.width))[:, None] + rows
+
+    @staticmethod
+    def per_bin(
+        source: str, bottom: bool, counted: list[_Heuristic], pair_values: np.ndarray
+    ) -> "_Part":
+        """A part of heuristics that accept disjoint value sets, each at its own k: the
+        bin of a value is its heuristic (or a last, dropped bin), and a position counts
+        only while it is below its bin's k. One segment, no cumulative table."""
+        n_values = int(pair_values.max(initial=0)) + 1
+        width = len(counted) + 1
+        value_bin = np.full(n_values, width - 1, np.intp)
+        for i, h in enumerate(counted):
+            value_bin[h.accepted] = i
+        bin_k = np.array([h.k for h in counted] + [0], np.intp)
+        reach = int(bin_k.max())
+        return _Part(
+            source=source,
+            bottom=bottom,
+            reach=reach,
+            value_bin=value_bin,
+            width=width,
+            boundaries=np.unique(bin_k[:-1]),
+            n_segments=1,
+            cell_segment=np.zeros(len(counted), np.intp),
+            cell_bin=np.arange(len(counted)),
+            starts=np.arange(len(counted)),
+            columns=np.array([h.column for h in counted]),
+            bin_k=bin_k,
+        )
 
     @staticmethod
     def build(
-        source: str, bottom: bool, heuristics: list[_Heuristic], n_values: int
-    ) -> "_Part | None":
+        source: str, bottom: bool, heuristics: list[_Heuristic], pair_values: np.ndarray
+    ) -> "list[_Part]":
+        """The cheaper of one segmented part and per-bin parts (when the heuristics'
+        value sets can be split into few disjoint groups) for these heuristics."""
         counted = [h for h in heuristics if h.k > 0 and h.accepted.size > 0]
         if not counted:
-            return None
+            return []
+        options = [[_Part.segmented(source, bottom, counted, pair_values)]]
+        groups: list[list[_Heuristic]] = []  # greedy split into disjoint value sets
+        used: list[set[int]] = []
+        for h in counted:
+            values = set(h.accepted.tolist())
+            i = next((i for i, u in enumerate(used) if not u & values), len(groups))
+            if i == _PER_BIN_GROUPS:
+                break  # too many groups: per-bin parts are not considered
+            if i == len(groups):
+                groups.append([])
+                used.append(set())
+            groups[i].append(h)
+            used[i] |= values
+        else:
+            options.append(
+                [_Part.per_bin(source, bottom, g, pair_values) for g in groups]
+            )
+        return min(options, key=lambda parts: sum(p.cost for p in parts))
+
+    @staticmethod
+    def segmented(
+        source: str, bottom: bool, counted: list[_Heuristic], pair_values: np.ndarray
+    ) -> "_Part":
+        """One segmented part: value bins between the heuristics' interval ends, the
+        residues of a single modulus, or the values themselves; a segment per distinct k."""
+        n_values = int(pair_values.max(initial=0)) + 1
         firsts = np.array([h.accepted[0] for h in counted])
         ends = np.array([h.accepted[-1] + 1 for h in counted])
         moduli = {h.modulus for h in counted}
@@ -587,9 +709,10 @@ class _Part:
             # Every heuristic accepts an interval of values: bins between interval ends.
             edges = np.unique(np.concatenate([[0, n_values], firsts, ends]))
             bins = np.searchsorted(edges, np.arange(n_values), side="right") - 1
+            lows, highs = np.searchsorted(edges, firsts), np.searchsorted(edges, ends)
             bin_sets = [
-                np.arange(*np.searchsorted(edges, [a, b]))
-                for a, b in zip(firsts, ends, strict=True)
+                np.arange(a, b)
+                for a, b in zip(lows.tolist(), highs.tolist(), strict=True)
             ]
             width = edges.size - 1
         elif len(moduli) == 1 and 0 not in moduli:
@@ -600,22 +723,19 @@ class _Part:
             bins, bin_sets, width = None, [h.accepted for h in counted], n_values
         boundaries = np.unique([h.k for h in counted])
         reach = int(boundaries[-1])
-        segment = np.searchsorted(boundaries, np.arange(reach), side="right")
-        cells = [
-            np.searchsorted(boundaries, h.k) * width + kept
-            for h, kept in zip(counted, bin_sets, strict=True)
-        ]
-        sizes = np.array([c.size for c in cells])
+        n_segments = len(boundaries)
+        segments = [np.searchsorted(boundaries, h.k) for h in counted]
+        sizes = np.array([kept.size for kept in bin_sets])
         return _Part(
             source=source,
             bottom=bottom,
             reach=reach,
-            bins=bins,
+            value_bin=np.arange(n_values) if bins is None else bins,
             width=width,
             boundaries=boundaries,
-            n_segments=len(boundaries),
-            segment_offset=segment * width,
-            cells=np.concatenate(cells),
+            n_segments=n_segments,
+            cell_segment=np.repeat(segments, sizes),
+            cell_bin=np.concatenate(bin_sets),
             starts=np.cumsum(sizes) - sizes,
             columns=np.array([h.column for h in counted]),
         )
@@ -634,7 +754,16 @@ class _Rules:
     column_bottom: np.ndarray  # [fixed name] scored on both ends with check_bottom
     pattern_k: int
     sections: dict[str, int]
-    tie_checks: np.ndarray  # sorted positions j where a tie of j and j + 1 matters
+
+    def reads(self, check_bottom: bool) -> tuple[int, int]:
+        """How many positions the scoring reads at the top and at the bottom of the
+        ordering: the largest k of the scored parts, the pattern lists and the ÷
+        multi-value list."""
+        top = [p.reach for p in self.parts if not p.bottom] + [self.pattern_k]
+        if self.op == "/":
+            top.append(MULTI_VALUE_TOP)
+        bottom = [p.reach for p in self.parts if p.bottom] + [self.pattern_k]
+        return max(top), max(bottom) if check_bottom else 0
 
     @staticmethod
     def build(
@@ -646,7 +775,6 @@ class _Rules:
         max_single_token: int,
         max_op: int,
         mode: str,
-        check_bottom: bool,
     ) -> "_Rules":
         ks = _KFormulas(op1.size, max_op, mode)
         values = {"op1": op1, "op2": op2, "result": result, "same": (op1 != op2) * 1}
@@ -661,11 +789,9 @@ class _Rules:
         for h in heuristics:
             by_source.setdefault(h.source, []).append(h)
         for source, group in by_source.items():
-            n_values = int(values[source].max(initial=0)) + 1
-            parts += _cheapest_parts(source, False, group, n_values)
-            if check_bottom:
-                low = [h for h in group if h.bottom]
-                parts += _cheapest_parts(source, True, low, n_values)
+            parts += _cheapest_parts(source, False, group, values[source])
+            low = [h for h in group if h.bottom]
+            parts += _cheapest_parts(source, True, low, values[source])
         column_k = np.zeros(column, np.int64)
         column_bottom = np.zeros(column, bool)
         for h in heuristics:
@@ -680,8 +806,37 @@ class _Rules:
             column_bottom=column_bottom,
             pattern_k=ks.pattern(),
             sections=layout.sections,
-            tie_checks=_tie_checks(parts, op1.size, ks.pattern(), op, check_bottom),
         )
+
+
+_RULES_CACHE: dict[tuple, _Rules] = {}
+_RULES_CACHE_SIZE = 8
+
+
+def _cached_rules(
+    layout: _Layout,
+    op: str,
+    op1: np.ndarray,
+    op2: np.ndarray,
+    result: np.ndarray,
+    max_single_token: int,
+    max_op: int,
+    mode: str,
+) -> _Rules:
+    """`_Rules.build`, reused across calls on the same pairs (a K run and its KV run, or the
+    chunks of a large run): keyed by the operator, S, max_op, mode and a digest of the
+    operands. The rules hold both ends; `check_bottom` only selects the parts scored."""
+    digest = hashlib.blake2b(np.stack([op1, op2]).tobytes(), digest_size=16).digest()
+    key = (op, max_single_token, max_op, mode, digest)
+    rules = _RULES_CACHE.pop(key, None)
+    if rules is None:
+        rules = _Rules.build(
+            layout, op, op1, op2, result, max_single_token, max_op, mode
+        )
+    _RULES_CACHE[key] = rules  # most recently used last
+    while len(_RULES_CACHE) > _RULES_CACHE_SIZE:
+        _RULES_CACHE.pop(next(iter(_RULES_CACHE)))
+    return rules
 
 
 @dataclasses.dataclass(frozen=True)
@@ -713,29 +868,12 @@ class _KFormulas:
         return math.isqrt(max_single_token)
 
 
-def _tie_checks(
-    parts: list[_Part], n: int, pattern_k: int, op: str, check_bottom: bool
-) -> np.ndarray:
-    """Positions j of the descending order where a tie between j and j + 1 could change a
-    result: every k (a tie across it changes which pairs are counted) and the pattern lists
-    (whose first-seen order matters). Ties anywhere else never change a score."""
-    top = [b - 1 for p in parts if not p.bottom for b in p.boundaries.tolist()]
-    bottom = [n - b - 1 for p in parts if p.bottom for b in p.boundaries.tolist()]
-    checks = top + bottom + list(range(pattern_k))
-    if check_bottom:
-        checks += list(range(n - pattern_k - 1, n - 1))
-    if op == "/":
-        checks.append(MULTI_VALUE_TOP - 1)
-    checks = np.unique(checks)
-    return checks[(checks >= 0) & (checks < n - 1)]
-
-
 def _cheapest_parts(
-    source: str, bottom: bool, heuristics: list[_Heuristic], n_values: int
+    source: str, bottom: bool, heuristics: list[_Heuristic], pair_values: np.ndarray
 ) -> list[_Part]:
-    """The cheapest split of a source's heuristics into histograms: all in one; the mods in
-    one and each range size in its own; or every modulus and range size in its own. Cost =
-    elements touched per neuron (`_Part.cost`)."""
+    """The cheapest split of a source's heuristics into parts: all in one; the mods in one
+    and each range size in its own; or every modulus and range size in its own (each group
+    segmented or per-bin, see `_Part.build`). Cost = `_Part.cost`, per neuron."""
     families: dict[str, list[_Heuristic]] = {}
     for h in heuristics:
         families.setdefault(h.group, []).append(h)
@@ -744,9 +882,11 @@ def _cheapest_parts(
     by_kind += [g for name, g in families.items() if not name.startswith("mod")]
     options = []
     for groups in ([heuristics], by_kind, list(families.values())):
-        parts = [_Part.build(source, bottom, g, n_values) for g in groups]
-        options.append([p for p in parts if p is not None])
-    return min(options, key=lambda parts: sum(p.cost for p in parts))
+        options.append(
+            [p for g in groups for p in _Part.build(source, bottom, g, pair_values)]
+        )
+    best = min(options, key=lambda parts: sum(p.cost for p in parts))
+    return [p.with_pairs(pair_values) for p in best]
 
 
 def _family_heuristics(
@@ -839,23 +979,31 @@ class _Chunk:
     found: _Found
 
 
-def _score_chunk(maps: np.ndarray, rules: _Rules, check_bottom: bool) -> _Chunk:
-    order = _descending_order(maps, rules.tie_checks)
+def _score_chunk(
+    maps: np.ndarray,
+    rules: _Rules,
+    check_bottom: bool,
+    offsets: dict[int, np.ndarray],
+) -> _Chunk:
+    """Scores of one chunk of rows. `offsets` caches `_Part.offsets` across the chunks of
+    a call (index of the part -> offsets for the chunk's number of rows)."""
+    top, bottom = rules.reads(check_bottom)
+    order = _descending_order(maps, top, bottom)
     n_rows, n = order.shape
     counts = {False: np.zeros((n_rows, rules.column_k.size), np.int64)}
     if check_bottom:
         counts[True] = np.zeros_like(counts[False])
-    reach: dict[tuple[str, bool], int] = {}  # (source, bottom) -> positions needed
-    for part in rules.parts:
-        key = (part.source, part.bottom)
-        reach[key] = max(reach.get(key, 0), part.reach)
-    ends = {}  # the source's values at the first positions of that end of the ordering
-    for (source, bottom), r in reach.items():
-        positions = order[:, n - r :][:, ::-1] if bottom else order[:, :r]
-        ends[source, bottom] = rules.values[source][positions]
-    for part in rules.parts:
-        end_values = ends[part.source, part.bottom]
-        counts[part.bottom][:, part.columns] = _part_counts(part, end_values)
+    # [position, row] pair indices along each end: every part reads a contiguous prefix
+    ends = {False: np.ascontiguousarray(order[:, :top].T)}
+    if check_bottom:
+        ends[True] = np.ascontiguousarray(order[:, n - bottom :][:, ::-1].T)
+    for i, part in enumerate(rules.parts):
+        if part.bottom and not check_bottom:
+            continue
+        if i not in offsets or offsets[i].shape[1] != n_rows:
+            offsets[i] = part.offsets(n_rows)
+        found = _part_counts(part, ends[part.bottom], offsets[i])
+        counts[part.bottom][:, part.columns] = found
     best = counts[False]
     if check_bottom:
         best = np.where(rules.column_bottom, np.maximum(best, counts[True]), best)
@@ -870,33 +1018,79 @@ def _score_chunk(maps: np.ndarray, rules: _Rules, check_bottom: bool) -> _Chunk:
     return _Chunk(fixed, _Found.concatenate(found))
 
 
-def _descending_order(maps: np.ndarray, tie_checks: np.ndarray) -> np.ndarray:
-    """The order of `np.argsort(-maps, axis=1, kind="stable")` wherever it matters: the
-    faster unstable sort, and a stable re-sort of the rows with a tie at a checked position
-    (only ties across those positions can change a result)."""
-    negated = -maps
-    order = np.argsort(negated, axis=1)
-    before = np.take_along_axis(negated, order[:, tie_checks], axis=1)
-    after = np.take_along_axis(negated, order[:, tie_checks + 1], axis=1)
-    tied = np.any(before == after, axis=1)
-    if np.any(tied):
-        order[tied] = np.argsort(negated[tied], axis=1, kind="stable")
-    return order
+_LOW, _HIGH = (0, 1) if sys.byteorder == "little" else (1, 0)  # uint32 halves of uint64
 
 
-def _part_counts(part: _Part, end_values: np.ndarray) -> np.ndarray:
-    """[row, heuristic of the part] counts among each heuristic's first k positions."""
-    n_rows = end_values.shape[0]
-    bins = end_values[:, : part.reach]
-    if part.bins is not None:
-        bins = part.bins[bins]
-    table = part.n_segments * part.width
-    keys = bins + part.segment_offset
-    keys += table * np.arange(n_rows)[:, None]
-    hist = np.bincount(keys.ravel(), minlength=n_rows * table)
-    cumulative = np.cumsum(hist.reshape(n_rows, part.n_segments, part.width), axis=1)
-    cells = cumulative.reshape(n_rows, table)[:, part.cells]
-    return np.add.reduceat(cells, part.starts, axis=1)
+def _descending_order(maps: np.ndarray, top: int, bottom: int) -> np.ndarray:
+    """`np.argsort(-maps, axis=1, kind="stable")` (descending values, ties by pair index)
+    where any rule reads it: the first `top` and the last `bottom` positions. The pairs in
+    between are in arbitrary order.
+
+    float32 maps (and any maps that float32 holds exactly) become packed uint64 keys: the
+    high 32 bits order the values (descending), the low 32 bits are the pair index, so the
+    keys are distinct and a plain (SIMD) sort gives exactly the stable order, -0.0 and 0.0
+    tied. When the two ends leave pairs out, a (SIMD) partition first puts the ends' pairs
+    in place and only they are sorted. Other maps take the full stable argsort.
+
+    Returns:
+        intp [row, pair] pair indices.
+    """
+    single = maps.astype(np.float32, copy=False)
+    if maps.dtype != np.float32 and not np.array_equal(single, maps):
+        return np.argsort(-maps, axis=1, kind="stable")
+    n_rows, n = maps.shape
+    bits = (single + np.float32(0.0)).view(np.uint32)  # -0.0 + 0.0 = +0.0
+    # Descending float order as ascending unsigned: negatives keep their bits (larger
+    # magnitude, larger key), non-negatives flip their 31 low bits (below every negative).
+    flip = (bits >> np.uint32(31)) - np.uint32(1)  # 0 for negatives, all ones otherwise
+    flip &= np.uint32(0x7FFFFFFF)
+    keys = np.empty((n_rows, n), np.uint64)
+    halves = keys.view(np.uint32).reshape(n_rows, n, 2)
+    np.bitwise_xor(bits, flip, out=halves[..., _HIGH])
+    halves[..., _LOW] = np.arange(n, dtype=np.uint32)
+    if top + bottom >= n:
+        keys.sort(axis=1)
+    else:
+        keys.partition(top, axis=1)
+        keys[:, :top].sort(axis=1)
+        if bottom:
+            rest = keys[:, top:]
+            rest.partition(rest.shape[1] - bottom, axis=1)
+            keys[:, n - bottom :].sort(axis=1)
+    return halves[..., _LOW].astype(np.intp)
+
+
+def _part_counts(part: _Part, positions: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """[row, heuristic of the part] counts among each heuristic's first k positions.
+
+    Arguments:
+        part: the heuristics counted together.
+        positions: intp [>= reach, row] pair indices along the part's end of the ordering.
+        offsets: `part.offsets(row)`.
+    """
+    n_rows = positions.shape[1]
+    bins = np.take(part.pair_bin, positions[: part.reach])  # int16
+    keys = offsets + bins
+    if part.bin_k is not None:  # positions at or past their bin's k go to the last bin
+        outside = part.bin_k[bins] <= _position_column(part.reach)
+        np.copyto(keys, offsets[0] + (part.width - 1), where=outside)
+    hist = np.bincount(keys.ravel(), minlength=part.n_segments * n_rows * part.width)
+    table = hist.reshape(part.n_segments, n_rows, part.width)
+    for segment in range(1, part.n_segments):  # cumulative over segments, row by row
+        np.add(table[segment], table[segment - 1], out=table[segment])
+    cells = table[part.cell_segment, :, part.cell_bin]  # [cell, row]
+    return np.add.reduceat(cells, part.starts, axis=0).T
+
+
+_POSITIONS = np.zeros((0, 1), np.intp)
+
+
+def _position_column(n: int) -> np.ndarray:
+    """intp [n, 1] 0..n-1 (a cached column, so comparisons broadcast over rows)."""
+    global _POSITIONS
+    if _POSITIONS.shape[0] < n:
+        _POSITIONS = np.arange(max(n, 2 * _POSITIONS.shape[0]), dtype=np.intp)[:, None]
+    return _POSITIONS[:n]
 
 
 def _patterns_of(order: np.ndarray, rules: _Rules, source: str, bottom: bool) -> _Found:
@@ -932,12 +1126,7 @@ def _significant_masks(
         `(row, sub, code, count)` of every kept mask, `sub` its place in the row's list.
     """
     n_rows = values.shape[0]
-    codes = np.empty(values.shape + (len(_MASKS),), np.int64)
-    digits = (values // 100, values // 10 % 10, values % 10)
-    for i, mask in enumerate(_MASKS):
-        kept = _KEPT[mask]
-        number = sum(digits[j] * 10 ** (len(kept) - 1 - p) for p, j in enumerate(kept))
-        codes[..., i] = _MASK_BASE[mask] + number
+    codes = _WILDCARD_CODES[values]  # [row, k, mask]
     per_row = codes[0].size
     flat = (codes.reshape(n_rows, -1) + _CODE_SPAN * np.arange(n_rows)[:, None]).ravel()
     all_counts = np.bincount(flat, minlength=n_rows * _CODE_SPAN)
@@ -1034,35 +1223,67 @@ def _assemble(
     n_rows: int,
     kind: str,
 ) -> Classification:
+    """The entries in the official dictionary order, without sorting the fixed entries.
+
+    Names come in the order of their first entry (the official insertion order); within a
+    name, entries by neuron and then by place in the neuron's emission order. A fixed name
+    has exactly one entry per neuron, so its block is the neurons in order; only the few
+    discovered entries are sorted. Every entry is written straight to its final place.
+    """
     n_fixed = len(layout.names)
     found_names, found_ids = np.unique(found.name.astype(str), return_inverse=True)
+    found_ids = found_ids.reshape(-1) + n_fixed
     names = np.array(list(layout.names) + found_names.tolist(), object)
     neuron_span = layout.n_sections * _SECTION
-    name_id = np.concatenate([np.tile(np.arange(n_fixed), n_rows), n_fixed + found_ids])
-    neuron = np.concatenate([np.repeat(np.arange(n_rows), n_fixed), found.neuron])
-    key = (
-        np.concatenate([np.tile(layout.name_keys, n_rows), found.key])
-        + neuron * neuron_span
-    )
-    score = np.concatenate([fixed.ravel(), found.score])
+    found_key = found.key + found.neuron * neuron_span
+    # Found entries sorted by (name, key): each name's entries are then contiguous.
+    by_name = np.lexsort((found_key, found_ids))
+    f_ids, f_key = found_ids[by_name], found_key[by_name]
+    f_first = np.r_[True, f_ids[1:] != f_ids[:-1]] if f_ids.size else f_ids.astype(bool)
+    first = np.empty(names.size, np.int64)
+    first[:n_fixed] = (
+        layout.name_keys
+    )  # neuron 0's entry (or, without rows, layout order)
+    first[f_ids[f_first]] = f_key[f_first]
+    by_first = np.argsort(first, kind="stable")
+    position = np.empty(names.size, np.int64)
+    position[by_first] = np.arange(names.size)
+    sizes = np.bincount(found_ids, minlength=names.size)
+    sizes[:n_fixed] = n_rows
+    start = np.zeros(names.size, np.int64)
+    start[by_first] = np.cumsum(sizes[by_first]) - sizes[by_first]
+    total = int(sizes.sum())
+    name_index = np.empty(total, np.int64)
+    neuron = np.empty(total, np.int64)
+    key = np.empty(total, np.int64)
+    score = np.empty(total, np.float64)
+    rows = np.arange(n_rows)[:, None]
+    at = start[:n_fixed] + rows  # [row, fixed name] -> place
+    name_index[at] = position[:n_fixed]
+    neuron[at] = rows
+    key[at] = layout.name_keys + rows * neuron_span
+    score[at] = fixed
+    rank = np.arange(f_ids.size) - np.searchsorted(f_ids, f_ids)
+    at = start[f_ids] + rank
+    name_index[at] = position[f_ids]
+    neuron[at] = found.neuron[by_name]
+    key[at] = f_key
+    score[at] = found.score[by_name]
+    names = names[by_first]
     notes: tuple[str, ...] = ()
     if rules.op == "*":
-        notes = _zero_cancelled(names, name_id, neuron, key, score, n_rows, rules.mode)
-    # Official dict order: names by first insertion, entries by insertion within a name.
-    first = np.full(names.size, np.iinfo(np.int64).max)
-    np.minimum.at(first, name_id, key)
-    position = np.empty(names.size, np.int64)
-    position[np.argsort(first, kind="stable")] = np.arange(names.size)
-    entry_order = np.lexsort((key, position[name_id]))
+        notes = _zero_cancelled(
+            names, name_index, neuron, key, score, n_rows, rules.mode
+        )
     return Classification(
         op=rules.op,
         kind=kind,
         mode=rules.mode,
         n_neurons=n_rows,
-        names=tuple(names[np.argsort(first, kind="stable")].tolist()),
-        name_index=position[name_id][entry_order],
-        neuron=neuron[entry_order],
-        score=score[entry_order],
+        names=tuple(names.tolist()),
+        name_index=name_index,
+        neuron=neuron,
+        score=score,
         notes=notes,
     )
 
