@@ -18,16 +18,16 @@ attribution, top neurons, K/KV maps and HYBRID labels. Then, as in the paper's F
 import random
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from experiments.arith_model import checkpoints
+from experiments.arith_model.train import answer_logits
 from jaxinterp.kernels.batching import stream
 
 from . import arith_tokenizer as tok
 from .circuit import circuit_heads, faithfulness, grid_means
-from .heuristics import classify_maps, kmaps
+from .heuristics import classify_maps, kmaps, neuron_list
 from .knockouts import prompt_knockout
 from .neurons import importance, top_neurons
 from .pipeline import Context, answers_of, tokens_of
@@ -40,10 +40,7 @@ MEAN_STRIDE = 5  # operands 0, 5, 10, ... for the checkpoints' mean caches
 def _predictions(stacked, tokens):
     """Greedy answer ids `[checkpoint, prompt]` of every stacked checkpoint."""
 
-    def one(model):
-        return jnp.argmax(jax.vmap(model)(tokens)[:, -1], -1)
-
-    return eqx.filter_vmap(one)(stacked)
+    return eqx.filter_vmap(lambda m: jnp.argmax(answer_logits(m, tokens), -1))(stacked)
 
 
 def _label_set(labels: dict) -> set[tuple[str, int, int]]:
@@ -107,13 +104,7 @@ def _analyse(ctx: Context, model, correct: dict) -> dict:
     top = top_neurons(ctx, importance(ctx, model, clean, corrupt, len(ops))[0])
     labels, classified = {}, {}
     for i, op in enumerate(ops):
-        neurons = np.array(
-            [
-                (layer, int(n))
-                for layer, row in zip(ctx.heuristic_layers, top[i], strict=True)
-                for n in row
-            ]
-        )
+        neurons = neuron_list(ctx, top[i])
         K, KV, pairs = kmaps(ctx, model, op, neurons)
         labels[op], classified[op], _ = classify_maps(
             ctx, op, K, KV, pairs, neurons, ctx.config.threshold

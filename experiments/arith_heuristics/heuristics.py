@@ -24,9 +24,9 @@ from .pipeline import Context, op_key
 from .prompts import operand_range
 
 
-def important_neurons(ctx: Context, op: str) -> np.ndarray:
-    """int `[neuron, 2]` (layer, neuron) of the operator's top neurons, layer-major."""
-    top = ctx.get("attribution")[0]["top"][ctx.config.operators.index(op)]
+def neuron_list(ctx: Context, top: np.ndarray) -> np.ndarray:
+    """int `[neuron, 2]` (layer, neuron), layer-major, of `top` (`[heuristic layer, k]`
+    neuron indices, e.g. one operator's row of `neurons.top_neurons`)."""
     return np.array(
         [
             (layer, int(n))
@@ -34,6 +34,12 @@ def important_neurons(ctx: Context, op: str) -> np.ndarray:
             for n in row
         ]
     )
+
+
+def important_neurons(ctx: Context, op: str) -> np.ndarray:
+    """`neuron_list` of the operator's top neurons (attribution stage)."""
+    top = ctx.get("attribution")[0]["top"]
+    return neuron_list(ctx, top[ctx.config.operators.index(op)])
 
 
 def kmaps(
@@ -109,7 +115,7 @@ def classify_maps(
         for row, score in entries
         if score >= cfg.threshold
     }
-    return labels, len(rows) / len(neurons), list(getattr(hybrid, "notes", []))
+    return labels, len(rows) / len(neurons), list(hybrid.notes)
 
 
 def classify_stage(ctx: Context):

@@ -14,7 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .pipeline import MODE_DIFFERENCES, Context, op_key  # noqa: E402
+from .heuristics import labels_of  # noqa: E402
+from .pipeline import MODE_DIFFERENCES, Context, op_key, stages  # noqa: E402
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222 }
@@ -180,6 +181,21 @@ def _neurons(ctx: Context) -> str:
     )
 
 
+def _kind(name: str) -> str:
+    """Heuristic type of a label, e.g. `result_range_140_170` -> `result_range`."""
+    subject = "both_operands" if name.startswith("both") else name.split("_")[0]
+    for key, kind in (
+        ("multi", "multi_value"),
+        ("range", "range"),
+        ("mod", "mod"),
+        ("pattern", "pattern/value"),
+        ("value", "pattern/value"),
+    ):
+        if key in name:
+            return f"{subject}_{kind}"
+    return name  # same_operand
+
+
 def _heuristics(ctx: Context) -> str:
     summary = ctx.get("classify")[1]
     maps = ctx.get("kmaps")[0]
@@ -187,26 +203,10 @@ def _heuristics(ctx: Context) -> str:
     rows = []
     parts = []
     for op in ops:
-        labels = {
-            n: e
-            for n, e in summary["labels"][op].items()
-            if any(s >= ctx.config.threshold for *_, s in e)
-        }
+        labels = labels_of(ctx, op, ctx.config.threshold)
         types = {}
         for name in labels:
-            kind = (
-                name.split("_")[0] if not name.startswith("both") else "both_operands"
-            )
-            kind += "_" + (
-                "range"
-                if "range" in name
-                else "mod"
-                if "mod" in name
-                else "pattern/value"
-                if ("pattern" in name or "value" in name)
-                else "other"
-            )
-            types[kind] = types.get(kind, 0) + 1
+            types[_kind(name)] = types.get(_kind(name), 0) + 1
         rows.append(
             [
                 op,
@@ -478,20 +478,7 @@ def write(ctx: Context) -> pathlib.Path:
     ]
     stage_times = {}
     summary = {"config": ctx.run.identity}
-    for name in (
-        "prompts",
-        "patching",
-        "mean_cache",
-        "circuit",
-        "attribution",
-        "topk",
-        "kmaps",
-        "classify",
-        "knockouts",
-        "failures",
-        "probes",
-        "dynamics",
-    ):
+    for name, _ in stages():
         if ctx.run.done(name):
             s = ctx.get(name)[1]
             stage_times[name] = s.get("seconds")
