@@ -206,30 +206,36 @@ def arithmetic(
     *,
     model: str,
     mode: str,
-    ops: str,
-    max_op: int,
     full: bool,
-    checkpoints: bool,
-    top_k: int | None,
     out: str | None,
     overwrite: bool,
+    **options,
 ) -> int:
     from experiments.arith_heuristics import pipeline
 
+    if model not in pipeline.MODEL_DEFAULTS:
+        raise UserError(
+            f"the arithmetic pipeline runs on {', '.join(pipeline.MODEL_DEFAULTS)}; "
+            f"not {model!r}"
+        )
     reduced = dict(
-        patch_seeds=(42, 412),
+        # one seed on the larger models: patching every head at every position of a
+        # few-shot prompt is most of their run time
+        patch_seeds=(42, 412) if model == pipeline.SINGLE_TOKEN_MODEL else (42,),
         eval_seeds=(42,),
         dynamics_steps=(611, 1357, 3017, 6707, 10000),
     )
-    config = pipeline.Config(
-        model=model,
-        mode=mode,
-        ops=ops,
-        max_op=max_op,
-        checkpoints=checkpoints,
-        top_k=top_k,
-        **({} if full else reduced),
-    )
+    given = {key: value for key, value in options.items() if value is not None}
+    if "op_digits" in given:
+        given["op_digits"] = tuple(given["op_digits"])
+    try:
+        config = pipeline.Config(
+            model=model,
+            mode=mode,
+            **{**pipeline.MODEL_DEFAULTS[model], **({} if full else reduced), **given},
+        )
+    except ValueError as e:
+        raise UserError(str(e)) from None
     if out is None:
         out = f"results/arithmetic/{model}-{mode}{'-full' if full else ''}"
     report = pipeline.run(config, out, overwrite=overwrite)

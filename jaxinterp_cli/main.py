@@ -74,6 +74,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def _digit_pair(text: str) -> tuple[int, int]:
+    try:
+        a, b = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected two digit counts like 2,2, got {text!r}"
+        ) from None
+    return a, b
+
+
 def _command(name: str) -> Callable[..., int | None]:
     if name == "demo":
         from .tour import demo
@@ -246,12 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="parity: the official code's choices and quirks; clean: fixed (clean)",
     )
     p.add_argument(
-        "--ops", default="+-*/", help="operators to analyse, e.g. '+-' (all four)"
+        "--ops", default=None, help="operators to analyse, e.g. '+-' (all four)"
     )
     p.add_argument(
         "--max-op",
         type=_positive_int,
-        default=300,
+        default=None,
         metavar="N",
         help="operands are below N (300)",
     )
@@ -264,15 +274,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-dynamics",
         dest="checkpoints",
-        action="store_false",
-        help="skip the training-dynamics stage",
+        action="store_const",
+        const=False,
+        default=None,
+        help="skip the training-dynamics stage (only arith-neox has checkpoints)",
     )
     p.add_argument(
         "--top-k",
         type=_positive_int,
         default=None,
         metavar="K",
-        help="important neurons per layer (default: 1/8 of the MLP width)",
+        help="important neurons per layer (default: 1/8 of the MLP width on arith-neox, "
+        "about 1.5%% on the others)",
+    )
+    digits = p.add_argument_group(
+        "models that split numbers into digits (smollm2-135m, qwen2.5-coder-0.5b)"
+    )
+    digits.add_argument(
+        "--op-digits",
+        type=_digit_pair,
+        default=None,
+        metavar="A,B",
+        help="digits of op1 and op2: one token layout per run (smollm2: 1,1; qwen: 2,2)",
+    )
+    digits.add_argument(
+        "--template",
+        choices=("spaced", "compact"),
+        default=None,
+        help="'226 - 68 =' (spaced, the default) or '226-68='",
+    )
+    digits.add_argument(
+        "--few-shot",
+        default=None,
+        metavar="TEXT",
+        help="text before every prompt (default two solved examples; '' for none)",
+    )
+    digits.add_argument(
+        "--answer-digit",
+        type=int,
+        default=None,
+        metavar="J",
+        help="analyse the position predicting answer digit J, digits before it "
+        "teacher-forced (0: the first)",
+    )
+    digits.add_argument(
+        "--n-prompts",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="measure correctness on a sample of N legal prompts per operator (qwen: 1000)",
     )
     p.add_argument(
         "--out",

@@ -693,3 +693,32 @@ def test_operand_grid(setup, prefix_len, tmp_path):
         grids.operand_grid(model, a_tok, b_tok[:2], out=path, **kw)
     with pytest.raises(ValueError, match="must lie"):
         grids.operand_grid(model, a_tok, b_tok, positions=prefix_len, **kw)
+
+
+@pytest.mark.parametrize("setup", [ALL[2]], indirect=True)
+def test_operand_grid_multi_token_operands(setup):
+    """Operands of several tokens each (one per digit): the grid equals a forward over
+    the composed prompts, and one-token rows `[a, 1]` equal plain `[a]` ids."""
+    model, *_ = setup
+    cfg = model.cfg
+    rng = np.random.default_rng(5)
+    prefix, middle, suffix = (rng.integers(0, cfg.d_vocab, n) for n in (3, 2, 2))
+    a_tok = rng.integers(0, cfg.d_vocab, (3, 2))  # 3 operands of 2 tokens
+    b_tok = rng.integers(0, cfg.d_vocab, (4, 3))  # 4 operands of 3 tokens
+    prompts = np.array(
+        [[*prefix, *a, *middle, *b, *suffix] for a in a_tok for b in b_tok]
+    )
+    full = capture(model, prompts, "mlp.hook_post").reshape(
+        3, 4, cfg.n_layers, -1, cfg.d_mlp
+    )
+    kw = dict(
+        prefix=prefix, middle=middle, suffix=suffix, batch_size=5, progress_bar=False
+    )
+    got = grids.operand_grid(model, a_tok, b_tok, positions=[-5, -1], **kw)
+    assert close(got, np.moveaxis(full[:, :, :, [-5, -1]], 3, 2))
+    mean = grids.operand_grid(model, a_tok, b_tok, positions=-2, reduce="mean", **kw)
+    assert close(mean, full[:, :, :, -2].mean((0, 1)))
+    with pytest.raises(ValueError, match="must lie in the \\[b\\] \\+ suffix part"):
+        grids.operand_grid(model, a_tok, b_tok, positions=-6, **kw)
+    one = grids.operand_grid(model, a_tok[:, :1], b_tok[:, :1], **kw)
+    assert close(one, grids.operand_grid(model, a_tok[:, 0], b_tok[:, 0], **kw))

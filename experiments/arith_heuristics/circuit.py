@@ -1,6 +1,6 @@
 """Stages `patching`, `mean_cache` and `circuit` (paper-spec §3, §4): activation patching of
-every head and MLP at every operand position with counterfactual prompts, the mean cache of
-all 4 x 300 x 300 prompts, and the faithfulness of the top-n heads plus all MLPs.
+every head and MLP at every position of the question with counterfactual prompts, the mean
+cache of all 4 x 300 x 300 prompts, and the faithfulness of the top-n heads plus all MLPs.
 
 Effects of patching one component, per prompt, with P the clean and P* the patched softmax,
 r the clean and r' the counterfactual answer:
@@ -29,11 +29,15 @@ from jaxinterp.kernels.batching import NonFiniteWarning
 from jaxinterp.kernels.means import mean_cache
 from jaxinterp.kernels.metrics import indirect_effect, normalized_logit, pick
 
-from . import arith_tokenizer as tok
-from .pipeline import Context, answers_of, op_key, tokens_of
-from .prompts import OPERATORS, counterfactual_pairs, evaluation_sample
+from .pipeline import Context, op_key
+from .prompts import (
+    OPERATORS,
+    counterfactual_pairs,
+    evaluation_sample,
+    legal_prompts,
+    operand_range,
+)
 
-POSITIONS = (1, 2, 3, 4)  # op1, operator, op2, "=" (BOS is never patched)
 EFFECTS = ("ie", "bounded", "logit_diff")
 MEAN_TAPS = ("attn.hook_z", "mlp.hook_post")
 
@@ -81,13 +85,13 @@ def patching_stage(ctx: Context):
         for c, x in counterfactual_sets(ctx, seed).values():
             clean += c
             corrupt += x
-    ct, xt = tokens_of(clean), tokens_of(corrupt)
-    r, r_prime = answers_of(clean), answers_of(corrupt)
+    ct, xt = ctx.tokens(clean), ctx.tokens(corrupt)
+    r, r_prime = ctx.answers(clean), ctx.answers(corrupt)
     clean_logits = answer_logits(model, ct, batch_size=cfg.batch_size)
     common = dict(
         metric=effects,
         metric_args=(clean_logits, r, r_prime),
-        positions=POSITIONS,
+        positions=ctx.task.positions,
         batch_size=max(1, cfg.batch_size // 8),
         progress_bar=ctx.progress,
     )
@@ -115,12 +119,14 @@ def patching_stage(ctx: Context):
     summary["same_answer_pairs"] = int((r == r_prime).sum())
     summary["n_pairs"] = len(clean)
     summary["rank_effect"] = rank_effect(ctx)
+    summary["positions"] = list(ctx.task.positions)
+    summary["position_names"] = list(ctx.task.position_names)
     return arrays, summary
 
 
 def head_ranking(ctx: Context) -> dict[str, np.ndarray]:
     """op -> `[n_heads_total, 2]` (layer, head) pairs, most effective first: the ranking
-    effect averaged over seeds and the four positions (paper-spec §3)."""
+    effect averaged over seeds and the patched positions (paper-spec §3)."""
     arrays, _ = ctx.get("patching")
     scores = arrays[f"heads_{rank_effect(ctx)}"].mean(axis=(1, 3))  # [op, layer, head]
     n_heads = scores.shape[-1]
@@ -131,42 +137,99 @@ def head_ranking(ctx: Context) -> dict[str, np.ndarray]:
     return out
 
 
-def grid_means(ctx: Context, model, numbers: np.ndarray) -> dict[str, np.ndarray]:
+def grid_means(
+    ctx: Context, model, xs: np.ndarray, ys: np.ndarray
+) -> dict[str, np.ndarray]:
     """Mean of every head's `z` (`"z"`) and MLP neuron (`"mlp"`) per position over all
-    `x op y =` with `x, y` in `numbers` (token ids) and all four operators. Positions of
-    `y =` come from the operand grid (2 of 5 tokens per prompt), the first three from the
-    `4 len(numbers)` distinct prefixes `[BOS, x, op]`, each of which stands for
-    `len(numbers)` prompts (so plain means over them weigh every prompt equally)."""
-    late = {t: [] for t in MEAN_TAPS}
+    `x op y =` with `x` in `xs`, `y` in `ys` and all four operators. Positions from `y` on
+    come from the operand grid (2 of 5 tokens per prompt on arith-neox), the earlier ones
+    from the `4 len(xs)` distinct prefixes `[..., x, op]`, each of which stands for
+    `len(ys)` prompts (so plain means over them weigh every prompt equally).
+
+    Where the operand grid does not apply (teacher-forced answer digits, which depend on
+    the pair), the means are taken over the legal prompts of the four operators instead.
+    """
+    task, bs = ctx.task, ctx.config.batch_size
+    if task.grid_template("+") is None:
+        prompts = [p for op in OPERATORS for p in _legal_any(ctx, op)]
+        means = mean_cache(model, ctx.tokens(prompts), MEAN_TAPS, progress_bar=False)
+        return {
+            key: np.asarray(means[t])
+            for key, t in zip(("z", "mlp"), MEAN_TAPS, strict=True)
+        }
+    a_tokens, b_tokens = task.operand_tokens(xs), task.operand_tokens(ys)
+    late, prefixes = {t: [] for t in MEAN_TAPS}, []
     for op in OPERATORS:
+        template = task.grid_template(op)
+        n_shared = len(template["prefix"]) + a_tokens.shape[1] + len(template["middle"])
+        n_total = n_shared + b_tokens.shape[1] + len(template["suffix"])
         for t in MEAN_TAPS:
             grid_mean = operand_grid(
                 model,
-                numbers,
-                numbers,
-                **tok.grid_template(op),
+                a_tokens,
+                b_tokens,
+                **template,
                 tap=t,
-                positions=(3, 4),
+                positions=tuple(range(n_shared, n_total)),
                 reduce="mean",
-                batch_size=8 * ctx.config.batch_size,
+                batch_size=8 * bs,
                 progress_bar=ctx.progress,
             )  # [pos, layer, *unit]
             late[t].append(np.moveaxis(grid_mean, 0, 1))
-    prefixes = np.array(
-        [[tok.BOS_ID, x, tok.OPERATOR_IDS[op]] for op in OPERATORS for x in numbers]
-    )
-    early = mean_cache(model, prefixes, MEAN_TAPS, progress_bar=False)
+        prefixes.append(
+            np.concatenate(
+                [
+                    np.broadcast_to(
+                        template["prefix"], (len(xs), len(template["prefix"]))
+                    ),
+                    a_tokens,
+                    np.broadcast_to(
+                        template["middle"], (len(xs), len(template["middle"]))
+                    ),
+                ],
+                axis=1,
+            )
+        )
+    early = mean_cache(model, np.concatenate(prefixes), MEAN_TAPS, progress_bar=False)
     return {
         key: np.concatenate([np.asarray(early[t]), np.mean(late[t], 0)], axis=1)
         for key, t in zip(("z", "mlp"), MEAN_TAPS, strict=True)
     }
 
 
+def _legal_any(ctx: Context, op: str) -> list:
+    """Legal prompts of any operator (`ctx.legal` covers the analysed ones only)."""
+    if op in ctx.config.operators:
+        return ctx.legal(op)
+    return [
+        p
+        for p in legal_prompts(
+            op, max_single_token=ctx.task.max_answer, max_op=ctx.config.max_op
+        )
+        if ctx.task.admits(p)
+    ]
+
+
+def operand_values(ctx: Context, op: str, which: int) -> np.ndarray:
+    """Values of operand `which` (0 or 1) in the run's layout, ascending: the operator's
+    operand range (paper-spec §2.1), restricted to `op_digits` digits on digit models."""
+    values = np.array(operand_range(op, ctx.config.max_op))
+    digits = ctx.config.op_digits
+    if digits is not None:
+        width = np.array([len(str(v)) for v in values.tolist()])
+        values = values[width == digits[which]]
+    if not values.size:
+        raise ValueError(f"no operand of {op!r} has the run's layout")
+    return values
+
+
 def mean_cache_stage(ctx: Context):
-    """The mean cache of paper-spec §4: all 4 x max_op x max_op prompts."""
-    n = ctx.config.max_op
-    arrays = grid_means(ctx, ctx.model, tok.NUMBER_OFFSET + np.arange(n))
-    return arrays, {"n_prompts": len(OPERATORS) * n * n}
+    """The mean cache of paper-spec §4: all 4 x max_op x max_op prompts (of the run's
+    layout, every `mean_stride`-th operand)."""
+    stride = ctx.config.mean_stride
+    xs, ys = (operand_values(ctx, "+", i)[::stride] for i in (0, 1))
+    arrays = grid_means(ctx, ctx.model, xs, ys)
+    return arrays, {"n_prompts": len(OPERATORS) * len(xs) * len(ys)}
 
 
 def _nl(logits, target):
@@ -200,7 +263,7 @@ def faithfulness(
     if means is None:
         means = ctx.get("mean_cache")[0]
     z, mlp = means["z"], means["mlp"]
-    tokens, answers = tokens_of(prompts), answers_of(prompts)
+    tokens, answers = ctx.tokens(prompts), ctx.answers(prompts)
     bs = ctx.config.batch_size
 
     good = jax.vmap(_nl)(
@@ -211,7 +274,7 @@ def faithfulness(
         metric_args=(answers,),
         tap=("attn.hook_z", "mlp.hook_post"),
         values=(z, mlp),
-        positions="all",
+        positions=ctx.edited(tokens),
         batch_size=max(1, bs // 4),
         progress_bar=False,
     )
@@ -228,17 +291,29 @@ def faithfulness(
     return ratio.mean(0), int((~ok).sum())
 
 
+MAX_CURVE_POINTS = 64
+
+
+def head_counts(n_total: int) -> np.ndarray:
+    """Numbers of top heads at which the faithfulness curve is measured: every count up
+    to `MAX_CURVE_POINTS` heads in all, evenly spaced counts (0 and all included) above."""
+    if n_total <= MAX_CURVE_POINTS:
+        return np.arange(n_total + 1)
+    return np.unique(np.linspace(0, n_total, MAX_CURVE_POINTS + 1).round().astype(int))
+
+
 def circuit_stage(ctx: Context):
     cfg, mcfg = ctx.config, ctx.model.cfg
     ranking = head_ranking(ctx)
     n_total = mcfg.n_layers * mcfg.n_heads
-    arrays, summary = {}, {"n_heads": {}, "faithfulness": {}, "dropped": {}}
+    counts = head_counts(n_total)
+    arrays = {"n": counts}
+    summary = {"n_heads": {}, "faithfulness": {}, "dropped": {}}
     for op in cfg.operators:
-        head_sets = np.zeros((n_total + 1, mcfg.n_layers, mcfg.n_heads), bool)
-        for n in range(1, n_total + 1):
-            layer, head = ranking[op][n - 1]
-            head_sets[n:, layer, head] = True
-        neuron_sets = np.ones((n_total + 1, mcfg.n_layers, mcfg.d_mlp), bool)
+        head_sets = np.zeros((len(counts), mcfg.n_layers, mcfg.n_heads), bool)
+        for i, n in enumerate(counts):
+            head_sets[i, ranking[op][:n, 0], ranking[op][:n, 1]] = True
+        neuron_sets = np.ones((len(counts), mcfg.n_layers, mcfg.d_mlp), bool)
         curves, dropped = [], 0
         for seed in cfg.eval_seeds:
             sample = eval_sample(ctx, op, seed)
@@ -247,12 +322,13 @@ def circuit_stage(ctx: Context):
             dropped += d
         curve = np.mean(curves, 0)
         reached = np.flatnonzero(curve >= cfg.circuit_faithfulness)
-        n = int(reached[0]) if reached.size else n_total
+        i = int(reached[0]) if reached.size else len(counts) - 1
+        n = int(counts[i])
         arrays[f"{op_key(op)}_curve"] = np.asarray(curves)
         arrays[f"{op_key(op)}_heads"] = ranking[op][:n]
         arrays[f"{op_key(op)}_ranking"] = ranking[op]
         summary["n_heads"][op] = n
-        summary["faithfulness"][op] = float(curve[n])
+        summary["faithfulness"][op] = float(curve[i])
         summary["dropped"][op] = dropped
     return arrays, summary
 

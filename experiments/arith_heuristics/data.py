@@ -1,41 +1,53 @@
 """Stage `prompts` (paper-spec §2): which legal prompts the model answers correctly, and the
 discovery / evaluation / filtered sets drawn from them.
 
-Correct means the argmax token at `=` (over the whole vocabulary) is the answer's token id;
-incorrect means the argmax is a number token but another one. Every set is stored as indices
-into the operator's legal prompts (`Context.legal`), so nothing is stored twice.
+Correct means greedy decoding gives the whole answer (`task`; for arith-neox: the argmax
+token at `=`, over the whole vocabulary, is the answer's token id); incorrect means the
+predicted token at the analysed position is a number (digit) token but the answer is wrong.
+With `n_prompts`, correctness is measured on a seeded sample of the legal prompts. Every set
+is stored as indices into the operator's legal prompts (`Context.legal`), so nothing is
+stored twice.
 """
 
 import numpy as np
 
-from experiments.arith_model.train import predict
-
-from . import arith_tokenizer as tok
-from .pipeline import Context, answers_of, op_key, tokens_of
+from .pipeline import Context, op_key
 from .prompts import discovery_eval_split, filtered_50
 
 
-def correctness(model, prompts, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """`(predicted token ids, correct)` of each prompt, by greedy argmax at `=`."""
-    pred = predict(model, tokens_of(prompts), batch=batch_size)
-    return pred, pred == answers_of(prompts)
+def measured(ctx: Context, op: str) -> np.ndarray:
+    """Indices of the legal prompts whose correctness is measured: all, or a sample of
+    `n_prompts` (seed 42, in enumeration order)."""
+    n_legal, n = len(ctx.legal(op)), ctx.config.n_prompts
+    if n is None or n >= n_legal:
+        return np.arange(n_legal)
+    return np.sort(np.random.default_rng(42).choice(n_legal, n, replace=False))
 
 
 def prompts_stage(ctx: Context):
     cfg = ctx.config
-    arrays, summary = {}, {"accuracy": {}, "n_legal": {}, "n_correct": {}}
+    arrays, summary = (
+        {},
+        {"accuracy": {}, "n_legal": {}, "n_measured": {}, "n_correct": {}},
+    )
     correct_sets = {}
     for op in cfg.operators:
         legal = ctx.legal(op)
-        pred, ok = correctness(ctx.model, legal, 4 * cfg.batch_size)
-        is_number = (pred >= tok.NUMBER_OFFSET) & (pred <= tok.NUMBER_OFFSET + 999)
+        if not legal:
+            raise ValueError(f"no legal {op!r} prompt with these operand settings")
+        index = measured(ctx, op)
+        pred, ok = ctx.task.correctness(
+            ctx.model, [legal[i] for i in index], 4 * cfg.batch_size
+        )
         key = op_key(op)
         arrays[f"{key}_pred"] = pred
-        arrays[f"{key}_correct"] = np.flatnonzero(ok)
-        arrays[f"{key}_incorrect"] = np.flatnonzero(~ok & is_number)
-        correct_sets[op] = [legal[i] for i in np.flatnonzero(ok)]
+        arrays[f"{key}_measured"] = index
+        arrays[f"{key}_correct"] = index[ok]
+        arrays[f"{key}_incorrect"] = index[~ok & ctx.task.is_number(pred)]
+        correct_sets[op] = [legal[i] for i in index[ok]]
         summary["accuracy"][op] = float(ok.mean())
         summary["n_legal"][op] = len(legal)
+        summary["n_measured"][op] = len(index)
         summary["n_correct"][op] = int(ok.sum())
         if len(correct_sets[op]) < cfg.n_discovery + cfg.n_eval:
             raise ValueError(

@@ -25,12 +25,11 @@ from experiments.arith_model import checkpoints
 from experiments.arith_model.train import answer_logits
 from jaxinterp.kernels.batching import stream
 
-from . import arith_tokenizer as tok
 from .circuit import circuit_heads, faithfulness, grid_means
 from .heuristics import classify_maps, kmaps, neuron_list
 from .knockouts import prompt_knockout
 from .neurons import importance, top_neurons
-from .pipeline import Context, answers_of, tokens_of
+from .pipeline import Context
 from .prompts import counterfactual_pairs, filtered_50
 
 MEAN_STRIDE = 5  # operands 0, 5, 10, ... for the checkpoints' mean caches
@@ -73,13 +72,13 @@ def _correct_sets(ctx: Context, ops: list[str], models: list) -> list[dict]:
         sample = [legal[i] for i in np.sort(rng.choice(len(legal), n, replace=False))]
         preds = stream(
             lambda t: _predictions(stacked, t),
-            tokens_of(sample),
+            ctx.tokens(sample),
             batch_size=ctx.config.batch_size * 4,
             desc="checkpoints",
             progress_bar=ctx.progress,
             axis=1,
         )  # [checkpoint, prompt]
-        ok = np.asarray(preds) == answers_of(sample)
+        ok = np.asarray(preds) == ctx.answers(sample)
         for c in range(len(models)):
             out[c][op] = [p for p, hit in zip(sample, ok[c], strict=True) if hit]
     return out
@@ -143,7 +142,7 @@ def _mutual_faithfulness(ctx: Context, models: list, runs: list[dict]) -> np.nda
     final model shares), each with the checkpoint's own mean cache."""
     mcfg = ctx.model.cfg
     heads = np.broadcast_to(circuit_heads(ctx, "+"), (2, mcfg.n_layers, mcfg.n_heads))
-    numbers = tok.NUMBER_OFFSET + np.arange(0, ctx.config.max_op, MEAN_STRIDE)
+    values = np.arange(0, ctx.config.max_op, MEAN_STRIDE)
     final = _label_set(runs[-1]["labels"]["+"])
     out = np.zeros((len(runs), 2))
     for c, (model, run) in enumerate(zip(models, runs, strict=True)):
@@ -154,7 +153,7 @@ def _mutual_faithfulness(ctx: Context, models: list, runs: list[dict]) -> np.nda
             sets[1, layer, n] |= (name, layer, n) in final
         correct = run["correct"]["+"]
         sample = random.Random(42).sample(correct, min(50, len(correct)))
-        means = grid_means(ctx, model, numbers)
+        means = grid_means(ctx, model, values, values)
         out[c] = faithfulness(ctx, sample, heads, sets, model=model, means=means)[0]
     return out
 

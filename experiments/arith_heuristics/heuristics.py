@@ -1,10 +1,11 @@
 """Stages `kmaps` and `classify` (paper-spec §7): activation maps of the important neurons
 over every legal operand pair, their logit-weighted versions, and the heuristic labels.
 
-* K map of neuron (l, n): its activation at `=` for every legal pair `(op1, op2)`, in the
-  official pair order (op1 ascending, then op2; `pairs_<op>`), computed with the operand
-  grid (only `op2 =` runs per pair).
-* KV map: K times the neuron's logit-lens value of the pair's answer token, with the
+* K map of neuron (l, n): its activation at the last position (`=`) for every legal pair
+  `(op1, op2)`, in the official pair order (op1 ascending, then op2; `pairs_<op>`),
+  computed with the operand grid (only `op2 =` runs per pair).
+* KV map: K times the neuron's logit-lens value of the token the last position predicts
+  (the answer, or its first digit on models that split digits), with the
   unembedding processed as TransformerLens's `fold_ln` + `center_unembed` do (as the
   official code reads it).
 
@@ -16,12 +17,11 @@ the `classify` stage's summary.
 
 import numpy as np
 
-from jaxinterp.kernels import neuron_logit_lens, operand_grid
+from jaxinterp.kernels import neuron_logit_lens, operand_grid, stacked_activations
 
-from . import arith_tokenizer as tok
 from . import classify as clf
+from .circuit import operand_values
 from .pipeline import Context, op_key
-from .prompts import operand_range
 
 
 def neuron_list(ctx: Context, top: np.ndarray) -> np.ndarray:
@@ -46,25 +46,29 @@ def kmaps(
     ctx: Context, model, op: str, neurons: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`(K [neuron, pair], KV [neuron, pair], pairs [pair, 2])` of `neurons` (`[neuron,
-    2]` layer, index) over every legal pair of `op`; one operand grid for all layers."""
+    2]` layer, index) over every legal pair of `op`; one operand grid for all layers (or,
+    with teacher-forced answer digits, one forward per legal prompt)."""
     legal = ctx.legal(op)
     pairs = np.array([(p.op1, p.op2) for p in legal])
-    values = np.array(operand_range(op, ctx.config.max_op))
-    ids = tok.NUMBER_OFFSET + values
     layers = sorted(set(neurons[:, 0].tolist()))
     union, column = np.unique(neurons[:, 1], return_inverse=True)
-    grid = operand_grid(
-        model,
-        ids,
-        ids,
-        **tok.grid_template(op),
-        layers=layers,
-        units=union,
-        batch_size=8 * ctx.config.batch_size,
-        progress_bar=ctx.progress,
-    )  # [a, b, layer, unit]
-    grid = grid[pairs[:, 0] - values[0], pairs[:, 1] - values[0]]  # [pair, layer, unit]
-    K = grid[:, np.searchsorted(layers, neurons[:, 0]), column].T
+    template = ctx.task.grid_template(op)
+    if template is None:
+        acts = _last_position(ctx, model, legal, layers, union)
+    else:
+        xs, ys = operand_values(ctx, op, 0), operand_values(ctx, op, 1)
+        grid = operand_grid(
+            model,
+            ctx.task.operand_tokens(xs),
+            ctx.task.operand_tokens(ys),
+            **template,
+            layers=layers,
+            units=union,
+            batch_size=8 * ctx.config.batch_size,
+            progress_bar=ctx.progress,
+        )  # [a, b, layer, unit]
+        acts = grid[np.searchsorted(xs, pairs[:, 0]), np.searchsorted(ys, pairs[:, 1])]
+    K = acts[:, np.searchsorted(layers, neurons[:, 0]), column].T
     lens = np.concatenate(
         [
             np.asarray(
@@ -73,8 +77,20 @@ def kmaps(
             for layer in layers
         ]
     )  # [neuron, d_vocab]; `neurons` is layer-major
-    KV = K * lens[:, tok.answer_tokens(legal)]
+    KV = K * lens[:, ctx.answers(legal)]
     return K.astype(np.float32), KV.astype(np.float32), pairs
+
+
+def _last_position(ctx: Context, model, prompts, layers, units) -> np.ndarray:
+    """`[prompt, layer, unit]` MLP activations at each prompt's last position."""
+    tokens, bs = ctx.tokens(prompts), ctx.config.batch_size
+    out = []
+    for start in range(0, len(tokens), bs):
+        acts = stacked_activations(
+            model, tokens[start : start + bs], "mlp.hook_post", batch_size=bs
+        )  # [prompt, layer, pos, d_mlp]
+        out.append(np.asarray(acts[:, np.asarray(layers), -1][..., units]))
+    return np.concatenate(out)
 
 
 def kmaps_stage(ctx: Context):
@@ -97,7 +113,7 @@ def classify_maps(
     neurons with a label at the classification threshold, and the classifier's notes."""
     cfg = ctx.config
     common = dict(
-        op=op, max_single_token=tok.MAX_NUMBER, mode=cfg.mode, max_op=cfg.max_op
+        op=op, max_single_token=ctx.task.max_answer, mode=cfg.mode, max_op=cfg.max_op
     )
     hybrid = clf.hybrid(
         clf.classify(K, pairs, kind="K", **common),

@@ -2,8 +2,9 @@
 heuristic type on related vs unrelated prompts, prompt-guided knockout against a random
 control, and heuristic neurons on correct vs incorrect prompts.
 
-Every knockout is zero ablation of `mlp.hook_post` at all positions and is measured by
-accuracy on prompts the model answers correctly. Each prompt carries its own neuron sets
+Every knockout is zero ablation of `mlp.hook_post` at all positions (after a few-shot
+prefix, all positions of the question: `Context.edited`) and is measured by accuracy on
+prompts the model answers correctly. Each prompt carries its own neuron sets
 (`ablation_sweep(..., masks_per_prompt=True)`): one compiled program per experiment, no
 loop of forwards over heuristics, prompts or neuron counts.
 """
@@ -18,7 +19,7 @@ from jaxinterp.kernels.metrics import accuracy
 from . import classify as clf
 from .circuit import eval_sample
 from .heuristics import knockout_threshold, labels_of
-from .pipeline import Context, answers_of, op_key, tokens_of
+from .pipeline import Context, op_key
 
 MAX_RELATED = 100  # related prompts per heuristic (official)
 MIN_NEURONS = 10  # heuristics with fewer neurons are not knocked out (official)
@@ -33,14 +34,15 @@ def _association(ctx: Context, op: str, names: list[str], prompts: list) -> np.n
 def _knock(ctx: Context, prompts: list, masks: np.ndarray, model=None) -> np.ndarray:
     """Accuracy `[prompt, set]` with each prompt's own neuron sets `[prompt, set, layer,
     d_mlp]` zero-ablated at every position."""
+    tokens = ctx.tokens(prompts)
     return np.asarray(
         ablation_sweep(
             ctx.model if model is None else model,
-            tokens_of(prompts),
+            tokens,
             masks,
             metric=accuracy,
-            metric_args=(answers_of(prompts),),
-            positions="all",
+            metric_args=(ctx.answers(prompts),),
+            positions=ctx.edited(tokens),
             masks_per_prompt=True,
             batch_size=max(1, ctx.config.batch_size // 4),
             progress_bar=ctx.progress,

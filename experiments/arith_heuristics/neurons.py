@@ -19,7 +19,7 @@ from jaxinterp.kernels import attribution_patching, attribution_vs_exact
 from jaxinterp.kernels.metrics import log_prob
 
 from .circuit import circuit_heads, counterfactual_sets, eval_sample, faithfulness
-from .pipeline import Context, answers_of, op_key, tokens_of
+from .pipeline import Context, op_key
 
 N_CHECK = 64  # neurons compared with exact patching
 
@@ -33,8 +33,8 @@ def importance(ctx: Context, model, clean: list, corrupt: list, n_ops: int):
     """`(importance [op, layer, d_mlp], scores, (tokens, corrupt tokens, metric args))`:
     mean + std over each operator's prompts (consecutive blocks of `clean`) of the
     attribution score at the last position."""
-    ct, xt = tokens_of(clean), tokens_of(corrupt)
-    margs = (answers_of(clean), answers_of(corrupt))
+    ct, xt = ctx.tokens(clean), ctx.tokens(corrupt)
+    margs = (ctx.answers(clean), ctx.answers(corrupt))
     scores = attribution_patching(
         model,
         ct,

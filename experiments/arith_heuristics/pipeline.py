@@ -11,9 +11,17 @@ where it stopped. Later stages read earlier ones through `Context.get`.
 `Config.mode` is the one switch between replicating the official code (`"parity"`) and the
 fixed pipeline (`"clean"`); `MODE_DIFFERENCES` lists every difference, and the report
 repeats the list.
+
+The model decides how prompts become tokens (`task`, reached through `Context.task`): on
+arith-neox every number is one token; SmolLM2 and Qwen2.5 split numbers into digits, so a
+run fixes each operand's digit count (`op_digits`: one token layout for every prompt),
+puts a few-shot prefix before each prompt, counts an answer correct when greedy decoding
+writes all of it, and analyses the position that predicts the first answer digit (or,
+teacher-forced, a later one). `MODEL_DEFAULTS` holds each model's settings.
 """
 
 import dataclasses
+import functools
 import pathlib
 import time
 from collections.abc import Callable
@@ -27,9 +35,46 @@ from jaxinterp.store import model_digest
 from . import arith_tokenizer as tok
 from .prompts import OPERATOR_NAMES, OPERATORS, Prompt, legal_prompts
 from .rundir import RunDir
+from .task import DigitTask, SingleTokenTask
 
 MODES = ("parity", "clean")
-PIPELINE_VERSION = 2
+SINGLE_TOKEN_MODEL = "arith-neox"
+FEW_SHOT = "12 + 7 = 19\n31 - 15 = 16\n"
+MODEL_DEFAULTS = {
+    SINGLE_TOKEN_MODEL: {},
+    "smollm2-135m": dict(
+        op_digits=(1, 1),
+        template="spaced",
+        few_shot=FEW_SHOT,
+        n_discovery=10,
+        n_eval=10,
+        top_k=24,
+        checkpoints=False,
+        probe_prompts=1000,
+        batch_size=64,
+    ),
+    "qwen2.5-coder-0.5b": dict(
+        ops="+-",
+        op_digits=(2, 2),
+        template="spaced",
+        few_shot=FEW_SHOT,
+        n_prompts=1000,
+        n_discovery=10,
+        n_eval=10,
+        mean_stride=3,
+        top_k=72,
+        checkpoints=False,
+        probe_prompts=1000,
+        batch_size=16,
+    ),
+}
+"""Settings each model runs with unless given otherwise: the instruct models that split
+digits need a two-example prefix to answer in the bare `a op b = r` format at all, and
+SmolLM2 answers only one-digit problems (measured: 52-82% of one-digit prompts, under
+10% of two-digit ones); Qwen2.5-Coder answers 87% of two-digit additions. `top_k` is
+about 1.5% of the MLP width, the share the paper finds sufficient. Smaller batches keep
+the sweeps' `[prompt, variant, d_vocab]` logits in memory with these vocabularies."""
+PIPELINE_VERSION = 3
 """Part of every run's identity: bumped when a stage's results change, so a run directory
 of older code is refused instead of mixed with new stages."""
 
@@ -105,6 +150,15 @@ class Config:
             uses addition, 10c addition and subtraction).
         dynamics_steps: training steps analysed (default: every shipped checkpoint).
         batch_size: prompts per device call.
+        op_digits: digits of op1 and op2 (models that split numbers into digits: every
+            prompt of a run has one token layout; see `task.DigitTask`).
+        template: `"compact"` (`"226-68="`) or `"spaced"` (`"226 - 68 ="`), digit models.
+        few_shot: text before every prompt (digit models; solved examples, one per line).
+        answer_digit: digit models: analyse the position predicting this answer digit,
+            the earlier ones teacher-forced (0: the first answer token).
+        n_prompts: legal prompts per operator whose correctness is measured (a seeded
+            sample; default all).
+        mean_stride: the mean cache covers operands `0, s, 2s, ...` of each axis.
     """
 
     model: str = "arith-neox"
@@ -126,6 +180,12 @@ class Config:
     dynamics_ops: str = "+-"
     dynamics_steps: tuple[int, ...] | None = None
     batch_size: int = 256
+    op_digits: tuple[int, int] | None = None
+    template: str = "compact"
+    few_shot: str = ""
+    answer_digit: int = 0
+    n_prompts: int | None = None
+    mean_stride: int = 1
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -145,6 +205,32 @@ class Config:
             raise ValueError("patch_seeds and eval_seeds must not be empty")
         if not 0 < self.threshold <= 1 or not 0 < self.circuit_faithfulness <= 1:
             raise ValueError("threshold and circuit_faithfulness must be in (0, 1]")
+        if self.n_prompts is not None and self.n_prompts < 1:
+            raise ValueError(f"n_prompts must be positive, got {self.n_prompts}")
+        if self.mean_stride < 1:
+            raise ValueError(f"mean_stride must be positive, got {self.mean_stride}")
+        single = self.model == SINGLE_TOKEN_MODEL
+        if single and (
+            self.op_digits is not None
+            or self.few_shot
+            or self.answer_digit
+            or self.template != "compact"
+        ):
+            raise ValueError(
+                f"{self.model} has one token per number: op_digits, template, few_shot "
+                "and answer_digit apply to models that split digits"
+            )
+        if not single:
+            if self.op_digits is None:
+                raise ValueError(
+                    f"{self.model} splits numbers into digits: set op_digits (the digits "
+                    "of op1 and op2, e.g. (2, 2)), so every prompt has one token layout"
+                )
+            if self.checkpoints:
+                raise ValueError(
+                    f"training checkpoints ship for {SINGLE_TOKEN_MODEL} only: set "
+                    "checkpoints=False (--no-dynamics) for other models"
+                )
 
     @property
     def operators(self) -> tuple[str, ...]:
@@ -198,6 +284,28 @@ class Context:
     def heuristic_layers(self) -> list[int]:
         return list(range(self.first_layer, self.model.cfg.n_layers))
 
+    @functools.cached_property
+    def task(self) -> SingleTokenTask | DigitTask:
+        """How prompts become tokens for this model (`task`)."""
+        return make_task(self.config)
+
+    def tokens(self, prompts: list[Prompt]) -> np.ndarray:
+        """`[prompt, pos]` token ids."""
+        return self.task.tokens(prompts)
+
+    def answers(self, prompts: list[Prompt]) -> np.ndarray:
+        """`[prompt]` ids of the token the last position predicts."""
+        return self.task.answers(prompts)
+
+    def edited(self, tokens: np.ndarray) -> str | np.ndarray:
+        """Positions that ablations edit: every position (`"all"`), or, after a few-shot
+        prefix, every position of the question (the prefix is the same in every prompt,
+        so mean ablation there changes nothing, and the examples stay intact)."""
+        n_prefix = getattr(self.task, "n_prefix", 0)
+        if not n_prefix:
+            return "all"
+        return np.arange(tokens.shape[1]) >= n_prefix
+
     def get(self, stage: str) -> tuple[dict[str, np.ndarray], dict]:
         """`(arrays, summary)` of a finished stage (read once per context)."""
         if stage not in self._loaded:
@@ -207,9 +315,10 @@ class Context:
     def legal(self, op: str) -> list[Prompt]:
         """Every legal prompt of `op` (paper-spec §2.1), in enumeration order."""
         if op not in self._legal:
-            self._legal[op] = legal_prompts(
-                op, max_single_token=tok.MAX_NUMBER, max_op=self.config.max_op
+            legal = legal_prompts(
+                op, max_single_token=self.task.max_answer, max_op=self.config.max_op
             )
+            self._legal[op] = [p for p in legal if self.task.admits(p)]
         return self._legal[op]
 
     def select(self, op: str, key: str) -> list[Prompt]:
@@ -218,24 +327,26 @@ class Context:
         return [legal[i] for i in self.get("prompts")[0][f"{op_key(op)}_{key}"]]
 
 
-def tokens_of(prompts: list[Prompt]) -> np.ndarray:
-    """`[prompt, 5]` token ids `[BOS, a, op, b, =]`."""
-    return tok.encode_prompts(prompts)
-
-
-def answers_of(prompts: list[Prompt]) -> np.ndarray:
-    """`[prompt]` answer token ids."""
-    return tok.answer_tokens(prompts)
+def make_task(config: Config) -> SingleTokenTask | DigitTask:
+    """The prompt layout of `config.model` (`task`)."""
+    if config.model == SINGLE_TOKEN_MODEL:
+        return SingleTokenTask()
+    return DigitTask(
+        converters.load_tokenizer(config.model, cache=True),
+        tuple(config.op_digits),
+        template=config.template,
+        few_shot=config.few_shot,
+        answer_digit=config.answer_digit,
+    )
 
 
 def load_model(name: str) -> Transformer:
     """The model under study; importing `experiments.arith_model` registers arith-neox."""
     import experiments.arith_model  # noqa: F401
 
-    if name != "arith-neox":
+    if name not in MODEL_DEFAULTS:
         raise ValueError(
-            f"the arithmetic pipeline runs on models whose numbers 0..999 are single "
-            f"tokens with the arithmetic tokenizer (arith-neox); {name!r} is not one yet"
+            f"the arithmetic pipeline runs on {sorted(MODEL_DEFAULTS)}, not {name!r}"
         )
     return converters.load(name)
 

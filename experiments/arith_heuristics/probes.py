@@ -1,5 +1,5 @@
 """Stage `probes` (paper-spec §5): linear probes for the answer on the residual stream after
-every layer at the four operand positions.
+every layer at every position of the question.
 
 One linear classifier `d_model -> max answer + 1` per (operator, layer, position), trained
 with Adam (lr 3e-4, batch 32, cross-entropy) on 80% of the operator's correct prompts
@@ -22,9 +22,8 @@ import optax
 
 from jaxinterp.kernels import stacked_activations
 
-from .pipeline import Context, tokens_of
+from .pipeline import Context
 
-POSITIONS = (4, 3, 2, 1)  # the official script's order ("=" first)
 BATCH = 32
 LR = 3e-4
 
@@ -64,13 +63,20 @@ def _train(x, y_train, x_test, y_test, n_classes, epochs, key):
     return hit.mean(-1).mean(-1)  # mean of per-batch accuracies
 
 
-def probe_labels(results: np.ndarray, mode: str, rng: random.Random) -> np.ndarray:
+def positions(ctx: Context) -> tuple[int, ...]:
+    """Probed positions: the question's, last first (the official script's order)."""
+    return ctx.task.positions[::-1]
+
+
+def probe_labels(
+    results: np.ndarray, mode: str, rng: random.Random, n_positions: int
+) -> np.ndarray:
     """Labels `[position, prompt]` for activations in the order of `results`, positions in
-    `POSITIONS` order: the answers themselves, or in parity mode the official bug (after
+    `positions` order: the answers themselves, or in parity mode the official bug (after
     the first position the list is re-shuffled, so the labels move and the activations
     do not)."""
     out, order = [], list(range(len(results)))
-    for p in range(len(POSITIONS)):
+    for p in range(n_positions):
         if mode == "parity" and p > 0:
             rng.shuffle(order)
         out.append(results[order] if mode == "parity" else results)
@@ -80,21 +86,30 @@ def probe_labels(results: np.ndarray, mode: str, rng: random.Random) -> np.ndarr
 def probes_stage(ctx: Context):
     cfg, model = ctx.config, ctx.model
     n_layers = model.cfg.n_layers
-    acc = np.zeros((len(cfg.operators), n_layers, len(POSITIONS)))
+    pos = positions(ctx)
+    acc = np.zeros((len(cfg.operators), n_layers, len(pos)))
     majority = []
     for o, op in enumerate(cfg.operators):
         prompts = ctx.select(op, "correct")
         rng = random.Random(42)
         prompts = rng.sample(prompts, min(cfg.probe_prompts, len(prompts)))
-        acts = np.asarray(
-            stacked_activations(
-                model, tokens_of(prompts), "hook_resid_post", batch_size=cfg.batch_size
-            )
-        )  # [prompt, layer, pos, d_model]
-        labels = probe_labels(np.array([p.result for p in prompts]), cfg.mode, rng)
+        tokens, bs = ctx.tokens(prompts), cfg.batch_size
+        acts = np.concatenate(
+            [
+                np.asarray(
+                    stacked_activations(
+                        model, tokens[i : i + bs], "hook_resid_post", batch_size=bs
+                    )[:, :, np.asarray(pos)]
+                )
+                for i in range(0, len(tokens), bs)
+            ]
+        )  # [prompt, layer, position, d_model]
+        labels = probe_labels(
+            np.array([p.result for p in prompts]), cfg.mode, rng, len(pos)
+        )
         xs, ys = [], []
-        for p, pos in enumerate(POSITIONS):
-            xs.append(acts[:, :, pos].transpose(1, 0, 2))  # [layer, prompt, d]
+        for p in range(len(pos)):
+            xs.append(acts[:, :, p].transpose(1, 0, 2))  # [layer, prompt, d]
             ys.append(np.broadcast_to(labels[p], (n_layers, len(prompts))))
         n_classes = int(labels.max()) + 1  # answers 0..max (the official: 999 classes)
         x = np.concatenate(xs)  # [(pos, layer), prompt, d]
@@ -114,9 +129,11 @@ def probes_stage(ctx: Context):
                 cfg.probe_epochs,
                 jax.random.key(o),
             )
-        acc[o] = np.asarray(out).reshape(len(POSITIONS), n_layers).T
+        acc[o] = np.asarray(out).reshape(len(pos), n_layers).T
+    names = dict(zip(ctx.task.positions, ctx.task.position_names, strict=True))
     summary = {
-        "positions": list(POSITIONS),
+        "positions": list(pos),
+        "position_names": [names[p] for p in pos],
         "mean_over_ops": acc.mean(0).tolist(),
         "majority_baseline": float(np.mean(majority)),
         "n_prompts": min(

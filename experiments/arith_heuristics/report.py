@@ -82,7 +82,10 @@ def _patching(ctx: Context) -> str:
             n_heads = heads.shape[-1]
             ax.set_xticks(range(grid.shape[1]))
             ax.set_xticklabels(
-                [f"H{h}" for h in range(n_heads)] + ["M1", "M2", "M3", "M4"], fontsize=7
+                [f"H{h}" for h in range(n_heads)]
+                + [f"M:{name}" for name in ctx.task.position_names],
+                fontsize=7,
+                rotation=90 * (grid.shape[1] > 24),
             )
             ax.set_yticks(range(grid.shape[0]))
             ax.set_ylabel("layer")
@@ -110,8 +113,8 @@ def _patching(ctx: Context) -> str:
     curves = []
     fig, ax = plt.subplots(figsize=(5, 3))
     for op in ops:
-        curve = ctx.get("circuit")[0][f"{op_key(op)}_curve"].mean(0)
-        ax.plot(range(len(curve)), curve, label=op)
+        arrays = ctx.get("circuit")[0]
+        ax.plot(arrays["n"], arrays[f"{op_key(op)}_curve"].mean(0), label=op)
     ax.set_xlabel("top heads kept (all MLPs kept)")
     ax.set_ylabel("faithfulness")
     ax.legend()
@@ -122,8 +125,9 @@ def _patching(ctx: Context) -> str:
         "model's normalised-logit performance; MLPs at the last position dominate; Eq. 1 "
         "indirect effect, log1p heatmaps.",
         ours
-        + " Heatmaps: heads (H) patched at '=', MLPs at each operand position (M1 = "
-        "op1, M2 = operator, M3 = op2, M4 = '='); mean over seeds and prompts.",
+        + " Heatmaps: heads (H) patched at the last position, MLPs at each position of "
+        f"the question (M:{', M:'.join(ctx.task.position_names)}); mean over seeds and "
+        "prompts.",
         _table(["op", "heads in circuit", "faithfulness", "prompts dropped"], rows),
         *figs,
         *curves,
@@ -384,7 +388,8 @@ def _probes(ctx: Context) -> str:
         labels = "parity mode: labels misaligned except at '='"
     fig, ax = plt.subplots(figsize=(5, 3))
     for p, pos in enumerate(summary["positions"]):
-        ax.plot(range(acc.shape[0]), acc[:, p], marker="o", label=f"position {pos}")
+        name = summary.get("position_names", [pos] * len(summary["positions"]))[p]
+        ax.plot(range(acc.shape[0]), acc[:, p], marker="o", label=f"position {name}")
     ax.set_xticks(range(acc.shape[0]))
     ax.set_xlabel("layer")
     ax.set_ylabel("probe test accuracy")
@@ -464,6 +469,39 @@ def _dynamics_text(arrays: dict, summary: dict) -> str:
     )
 
 
+def _prompt_format(ctx: Context) -> str:
+    """How prompts look and what counts as correct, for models that split digits."""
+    cfg, task = ctx.config, ctx.task
+    if cfg.op_digits is None:
+        return (
+            "<p>Prompts <code>[BOS, a, op, b, =]</code>, every number one token; correct "
+            "= the argmax token at <code>=</code> is the answer.</p>"
+        )
+    example = html.escape(
+        task.tokenizer.decode(task.tokens([_example(ctx)])[0].tolist()[task.n_prefix :])
+    )
+    text = (
+        f"<p>This model splits numbers into digits. Operands have {cfg.op_digits[0]} and "
+        f"{cfg.op_digits[1]} digits, so every prompt has one token layout "
+        f"(positions: {html.escape(' | '.join(task.position_names))}); template "
+        f"<code>{example}</code> after the few-shot prefix "
+        f"<code>{html.escape(repr(cfg.few_shot))}</code>. Correct = greedy decoding "
+        "writes the whole answer and the number ends there. Patching, grids and neuron "
+        "analyses read the last position, which predicts "
+    )
+    if cfg.answer_digit:
+        return (
+            text
+            + f"answer digit {cfg.answer_digit} (earlier digits teacher-forced).</p>"
+        )
+    return text + "the first answer digit.</p>"
+
+
+def _example(ctx: Context):
+    op = ctx.config.operators[0]
+    return ctx.select(op, "correct")[0]
+
+
 def write(ctx: Context) -> pathlib.Path:
     """Writes `report.html` and `summary.json` into the run directory."""
     cfg = ctx.config
@@ -485,13 +523,20 @@ def write(ctx: Context) -> pathlib.Path:
             summary[name] = {k: v for k, v in s.items() if k != "labels"}
     prompts = ctx.get("prompts")[1]
     acc_rows = [
-        [op, prompts["n_legal"][op], prompts["accuracy"][op]] for op in cfg.operators
+        [
+            op,
+            prompts["n_legal"][op],
+            prompts.get("n_measured", prompts["n_legal"])[op],
+            prompts["accuracy"][op],
+        ]
+        for op in cfg.operators
     ]
     body = [
         f"<h1>Arithmetic without algorithms: {html.escape(cfg.model)}, mode {cfg.mode}</h1>",
         "<p>Reproduction of Nikankin et al. (2024) with jaxinterp's kernels. Each section "
         "puts the paper's claim (Llama3-8B) beside what this model shows.</p>",
-        _table(["op", "legal prompts", "accuracy"], acc_rows),
+        _prompt_format(ctx),
+        _table(["op", "legal prompts", "measured", "accuracy"], acc_rows),
         *(
             section(ctx)
             for section, needs in sections

@@ -1,7 +1,8 @@
 """Activation grids over operand pairs (the paper's "K maps"), reusing shared structure.
 
 Prompts follow a template `prefix + [a] + middle + [b] + suffix` (e.g. `prefix=[BOS]`,
-`middle=[op]`, `suffix=[=]`; a few-shot prefix goes into `prefix`). The kernel computes
+`middle=[op]`, `suffix=[=]`; a few-shot prefix goes into `prefix`); an operand is one token
+or, for tokenizers that split numbers into digits, a fixed number of tokens. The kernel computes
 the chosen taps at positions of the `[b] + suffix` part for every `(a, b)` of the grid:
 
 1. the prefix runs once and its keys/values are cached;
@@ -148,8 +149,8 @@ def _bytes_per_pair(cfg, seg_len: int, n_out: int) -> int:
 
 def operand_grid(
     model: Transformer,
-    a_tokens: Int[ArrayLike, " a"],
-    b_tokens: Int[ArrayLike, " b"],
+    a_tokens: Int[ArrayLike, " a *a_len"],
+    b_tokens: Int[ArrayLike, " b *b_len"],
     *,
     prefix: Int[ArrayLike, " n_prefix"] | Sequence[int] = (),
     middle: Int[ArrayLike, " n_middle"] | Sequence[int] = (),
@@ -169,7 +170,9 @@ def operand_grid(
 
     Arguments:
         model: the transformer.
-        a_tokens, b_tokens: operand token ids, `[a]` and `[b]`.
+        a_tokens, b_tokens: operand token ids, `[a]` and `[b]` (one token per operand) or
+            `[a, a_len]` and `[b, b_len]` (every operand of an axis spans as many tokens,
+            e.g. one per digit).
         prefix, middle, suffix: the fixed template tokens (BOS and any few-shot examples go
             in `prefix`).
         tap: block tap suffix (default `"mlp.hook_post"`).
@@ -202,13 +205,21 @@ def operand_grid(
     )
     for t in (a_tokens, b_tokens, prefix, middle, suffix):
         check_tokens(t, cfg.d_vocab)
-    if a_tokens.ndim != 1 or b_tokens.ndim != 1 or not a_tokens.size * b_tokens.size:
+    if a_tokens.ndim not in (1, 2) or b_tokens.ndim not in (1, 2):
         raise ValueError(
-            f"a_tokens and b_tokens must be non-empty [a] and [b] id lists, got shapes "
-            f"{a_tokens.shape} and {b_tokens.shape}"
+            f"a_tokens and b_tokens must be [a] / [b] ids or [a, a_len] / [b, b_len] "
+            f"token rows, got shapes {a_tokens.shape} and {b_tokens.shape}"
         )
-    n_shared = prefix.size + 1 + middle.size
-    n_total = n_shared + 1 + suffix.size
+    if not a_tokens.size * b_tokens.size:
+        raise ValueError(
+            f"a_tokens and b_tokens must not be empty, got shapes {a_tokens.shape} and "
+            f"{b_tokens.shape}"
+        )
+    operands = [t.tolist() for t in (a_tokens, b_tokens)]  # the fingerprint's
+    a_tokens = a_tokens.reshape(len(a_tokens), -1)
+    b_tokens = b_tokens.reshape(len(b_tokens), -1)
+    n_shared = prefix.size + a_tokens.shape[1] + middle.size
+    n_total = n_shared + b_tokens.shape[1] + suffix.size
     squeeze = isinstance(positions, int | np.integer)
     pos = check_indices(positions, n_total, "positions").reshape(-1).tolist()
     if min(pos) < n_shared:
@@ -229,20 +240,22 @@ def operand_grid(
         units_arr = jnp.asarray(check_indices(units, tail[-1], "units").reshape(-1))
     unit_shape = tail[:-1] + ((tail[-1],) if units is None else (int(units_arr.size),))
     item_shape = ((len(pos),) if not squeeze else ()) + (len(layers), *unit_shape)
-    n_a, n_b = a_tokens.size, b_tokens.size
+    n_a, n_b = len(a_tokens), len(b_tokens)
     n_items = n_a * n_b
     if batch_size is None:
-        per = _bytes_per_pair(cfg, 1 + suffix.size, int(np.prod(item_shape)))
+        per = _bytes_per_pair(
+            cfg, b_tokens.shape[1] + suffix.size, int(np.prod(item_shape))
+        )
         batch_size = int(max(1, min(4096, memory_budget // per)))
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     batch_size = min(batch_size, n_items)
 
     a_segments = np.concatenate(
-        [a_tokens[:, None], np.broadcast_to(middle, (n_a, middle.size))], axis=1
+        [a_tokens, np.broadcast_to(middle, (n_a, middle.size))], axis=1
     )
     b_segments = np.concatenate(
-        [b_tokens[:, None], np.broadcast_to(suffix, (n_b, suffix.size))], axis=1
+        [b_tokens, np.broadcast_to(suffix, (n_b, suffix.size))], axis=1
     )
 
     if out is not None and reduce != "full":
@@ -254,9 +267,7 @@ def operand_grid(
             what = dict(
                 kernel="operand_grid",
                 model=model_digest(model),
-                tokens=[
-                    t.tolist() for t in (a_tokens, b_tokens, prefix, middle, suffix)
-                ],
+                tokens=operands + [t.tolist() for t in (prefix, middle, suffix)],
                 spec=[
                     tap,
                     list(layers),
