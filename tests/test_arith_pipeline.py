@@ -222,3 +222,31 @@ def test_faithfulness_is_one_for_the_model_and_zero_for_nothing(tiny_run):
     assert dropped == 0
     assert f[0] == pytest.approx(0.0, abs=1e-6)  # the circuit is the ablated model
     assert f[1] == pytest.approx(1.0, abs=1e-5)  # the circuit is the model
+
+
+def test_checkpoint_kmaps_in_one_grid_equal_one_grid_per_checkpoint(tiny_run):
+    from experiments.arith_heuristics import heuristics
+    from experiments.arith_model import checkpoints
+
+    out, _ = tiny_run
+    run = RunDir(out, json.loads((out / "run.json").read_text()))
+    ctx = pipeline.Context(TINY, pipeline.load_model("arith-neox"), run, False)
+    _, models = checkpoints.load()
+    models = models[-2:]
+    rng = np.random.default_rng(0)
+    neurons = np.stack(  # each checkpoint its own neurons, layer-major
+        [
+            np.array(
+                [(layer, n) for layer in (2, 3) for n in rng.choice(512, 5, False)]
+            )
+            for _ in models
+        ]
+    )
+    K, KV, pairs = heuristics.kmaps(
+        ctx, checkpoints.stack(models), "+", neurons, models=models
+    )
+    for c, model in enumerate(models):
+        k, kv, p = heuristics.kmaps(ctx, model, "+", neurons[c])
+        assert (p == pairs).all()
+        np.testing.assert_allclose(K[c], k, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(KV[c], kv, rtol=1e-5, atol=1e-4)

@@ -722,3 +722,41 @@ def test_operand_grid_multi_token_operands(setup):
         grids.operand_grid(model, a_tok, b_tok, positions=-6, **kw)
     one = grids.operand_grid(model, a_tok[:, :1], b_tok[:, :1], **kw)
     assert close(one, grids.operand_grid(model, a_tok[:, 0], b_tok[:, 0], **kw))
+
+
+@pytest.mark.parametrize("setup", [ALL[0]], indirect=True)
+def test_operand_grid_over_stacked_checkpoints(setup, tmp_path):
+    """Models stacked on a leading axis run in one program and give each model's own
+    grid (shared or per-model units; full, mean and top-k; resumable output)."""
+    model, *_ = setup
+    cfg = model.cfg
+    other = jax.tree.map(lambda a: a * 1.1 if eqx.is_inexact_array(a) else a, model)
+    models = jax.tree.map(lambda *a: jnp.stack(a), model, other)
+    rng = np.random.default_rng(6)
+    a_tok, b_tok = rng.integers(0, cfg.d_vocab, 3), rng.integers(0, cfg.d_vocab, 4)
+    kw = dict(prefix=[1], middle=[7], suffix=[9], batch_size=5, progress_bar=False)
+    each = [grids.operand_grid(m, a_tok, b_tok, **kw) for m in (model, other)]
+    got = grids.operand_grid(models, a_tok, b_tok, stacked=True, **kw)
+    assert close(got, np.stack(each))
+    own = np.array([[1, 4, 9], [0, 2, 5]])
+    got = grids.operand_grid(models, a_tok, b_tok, units=own, stacked=True, **kw)
+    assert close(got, np.stack([e[..., u] for e, u in zip(each, own, strict=True)]))
+    mean = grids.operand_grid(models, a_tok, b_tok, reduce="mean", stacked=True, **kw)
+    assert close(mean, np.stack(each).mean((1, 2)))
+    top = grids.operand_grid(
+        models, a_tok, b_tok, reduce="topk", k=2, stacked=True, **kw
+    )
+    for c, m in enumerate((model, other)):
+        want = grids.operand_grid(m, a_tok, b_tok, reduce="topk", k=2, **kw)
+        assert close(top["values"][c], want["values"])
+        assert (top["a"][c] == want["a"]).all() and (top["b"][c] == want["b"]).all()
+    path = tmp_path / "stack.npy"
+    first = grids.operand_grid(models, a_tok, b_tok, out=path, stacked=True, **kw)
+    again = grids.operand_grid(models, a_tok, b_tok, out=path, stacked=True, **kw)
+    assert close(first, np.stack(each)) and close(again, np.stack(each))
+    with pytest.raises(ValueError, match="stacked on a leading axis"):
+        grids.operand_grid(model, a_tok, b_tok, stacked=True, **kw)
+    with pytest.raises(ValueError, match=r"\[2, unit\]"):
+        grids.operand_grid(
+            models, a_tok, b_tok, units=own[:1].repeat(3, 0), stacked=True, **kw
+        )

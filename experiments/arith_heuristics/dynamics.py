@@ -3,7 +3,8 @@ checkpoints, and how the final model's heuristics emerge.
 
 Per checkpoint: its correct prompts (on a fixed sample of legal prompts; all checkpoints in
 one program, vmapped over the stacked checkpoints), the filtered 50 prompts per operator,
-attribution, top neurons, K/KV maps and HYBRID labels. Then, as in the paper's Fig. 10:
+attribution, top neurons, K/KV maps (per operator one operand grid over all stacked
+checkpoints, each with its own neurons) and HYBRID labels. Then, as in the paper's Fig. 10:
 
 * intersection: the share of the final model's (heuristic, layer, neuron) labels, among its
   top quarter of important neurons, that the checkpoint already has (mean over operators);
@@ -84,37 +85,38 @@ def _correct_sets(ctx: Context, ops: list[str], models: list) -> list[dict]:
     return out
 
 
-def _analyse(ctx: Context, model, correct: dict) -> dict:
-    """One checkpoint through the pipeline: filtered prompts, attribution, top neurons,
-    K/KV maps and HYBRID labels (paper-spec §10)."""
-    ops = list(correct)
-    filtered = filtered_50(correct, seed=42, k=ctx.config.n_discovery)
-    pool = [p for op in ops for p in filtered[op]]
-    rng = random.Random(42)
-    distinct = ctx.config.mode == "clean"
-    clean = [p for op in ops for p in filtered[op]]
-    corrupt = [
-        p
-        for op in ops
-        for p in counterfactual_pairs(
-            filtered[op], pool, rng=rng, distinct_answers=distinct
+def _analyse(ctx: Context, models: list, correct: list[dict]) -> list[dict]:
+    """Every checkpoint through the pipeline: filtered prompts, attribution and top
+    neurons (per checkpoint), then per operator the K/KV maps of all checkpoints from one
+    operand grid over the stacked checkpoints, and HYBRID labels (paper-spec §10)."""
+    runs = []
+    for model, sets in zip(models, correct, strict=True):
+        ops = list(sets)
+        filtered = filtered_50(sets, seed=42, k=ctx.config.n_discovery)
+        pool = [p for op in ops for p in filtered[op]]
+        rng = random.Random(42)
+        distinct = ctx.config.mode == "clean"
+        clean = [p for op in ops for p in filtered[op]]
+        corrupt = [
+            p
+            for op in ops
+            for p in counterfactual_pairs(
+                filtered[op], pool, rng=rng, distinct_answers=distinct
+            )
+        ]
+        top = top_neurons(ctx, importance(ctx, model, clean, corrupt, len(ops))[0])
+        runs.append(
+            dict(filtered=filtered, top=top, labels={}, classified={}, correct=sets)
         )
-    ]
-    top = top_neurons(ctx, importance(ctx, model, clean, corrupt, len(ops))[0])
-    labels, classified = {}, {}
-    for i, op in enumerate(ops):
-        neurons = neuron_list(ctx, top[i])
-        K, KV, pairs = kmaps(ctx, model, op, neurons)
-        labels[op], classified[op], _ = classify_maps(
-            ctx, op, K, KV, pairs, neurons, ctx.config.threshold
-        )
-    return dict(
-        filtered=filtered,
-        top=top,
-        labels=labels,
-        classified=classified,
-        correct=correct,
-    )
+    stacked = checkpoints.stack(models)
+    for i, op in enumerate(correct[0]):
+        neurons = np.stack([neuron_list(ctx, run["top"][i]) for run in runs])
+        K, KV, pairs = kmaps(ctx, stacked, op, neurons, models=models)
+        for run, k, kv, own in zip(runs, K, KV, neurons, strict=True):
+            run["labels"][op], run["classified"][op], _ = classify_maps(
+                ctx, op, k, kv, pairs, own, ctx.config.threshold
+            )
+    return runs
 
 
 def _intersection(ctx: Context, runs: list[dict]) -> np.ndarray:
@@ -190,7 +192,7 @@ def dynamics_stage(ctx: Context):
         )
     steps, models = _checkpoints(ctx)
     correct = _correct_sets(ctx, ops, models)
-    runs = [_analyse(ctx, m, c) for m, c in zip(models, correct, strict=True)]
+    runs = _analyse(ctx, models, correct)
     faith = np.full((len(steps), 2), np.nan)
     if "+" in ops:
         faith = _mutual_faithfulness(ctx, models, runs)

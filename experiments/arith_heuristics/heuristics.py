@@ -43,18 +43,30 @@ def important_neurons(ctx: Context, op: str) -> np.ndarray:
 
 
 def kmaps(
-    ctx: Context, model, op: str, neurons: np.ndarray
+    ctx: Context, model, op: str, neurons: np.ndarray, *, models: list | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`(K [neuron, pair], KV [neuron, pair], pairs [pair, 2])` of `neurons` (`[neuron,
-    2]` layer, index) over every legal pair of `op`; one operand grid for all layers (or,
-    with teacher-forced answer digits, one forward per legal prompt)."""
+    2]` layer, index, layer-major) over every legal pair of `op`; one operand grid for
+    all layers (or, with teacher-forced answer digits, one forward per legal prompt).
+
+    With `models` (checkpoints of one architecture), `model` is their stack
+    (`checkpoints.stack`) and `neurons` is `[checkpoint, neuron, 2]`, each checkpoint's
+    own neurons over the same layers: one operand grid runs every checkpoint, and K and
+    KV get a leading checkpoint axis."""
     legal = ctx.legal(op)
     pairs = np.array([(p.op1, p.op2) for p in legal])
-    layers = sorted(set(neurons[:, 0].tolist()))
-    union, column = np.unique(neurons[:, 1], return_inverse=True)
+    per_model = neurons if models is not None else neurons[None]
+    layers = sorted(set(per_model[0, :, 0].tolist()))
+    unions = [np.unique(own[:, 1], return_inverse=True) for own in per_model]
+    width = max(len(u) for u, _ in unions)  # pad with a repeated unit
+    units = np.stack([np.pad(u, (0, width - len(u)), mode="edge") for u, _ in unions])
     template = ctx.task.grid_template(op)
     if template is None:
-        acts = _last_position(ctx, model, legal, layers, union)
+        if models is not None:
+            raise ValueError(
+                "checkpoint K maps need the operand grid (no answer_digit)"
+            )
+        acts = _last_position(ctx, model, legal, layers, units[0])[None]
     else:
         xs, ys = operand_values(ctx, op, 0), operand_values(ctx, op, 1)
         grid = operand_grid(
@@ -63,22 +75,29 @@ def kmaps(
             ctx.task.operand_tokens(ys),
             **template,
             layers=layers,
-            units=union,
+            units=units if models is not None else units[0],
             batch_size=8 * ctx.config.batch_size,
             progress_bar=ctx.progress,
-        )  # [a, b, layer, unit]
-        acts = grid[np.searchsorted(xs, pairs[:, 0]), np.searchsorted(ys, pairs[:, 1])]
-    K = acts[:, np.searchsorted(layers, neurons[:, 0]), column].T
-    lens = np.concatenate(
-        [
-            np.asarray(
-                neuron_logit_lens(model, layer, neurons[neurons[:, 0] == layer, 1])
-            )
-            for layer in layers
-        ]
-    )  # [neuron, d_vocab]; `neurons` is layer-major
-    KV = K * lens[:, ctx.answers(legal)]
-    return K.astype(np.float32), KV.astype(np.float32), pairs
+            stacked=models is not None,
+        )  # [(checkpoint,) a, b, layer, unit]
+        grid = grid if models is not None else grid[None]
+        rows, cols = np.searchsorted(xs, pairs[:, 0]), np.searchsorted(ys, pairs[:, 1])
+        acts = grid[:, rows, cols]  # [checkpoint, pair, layer, unit]
+    K, KV = [], []
+    for c, m in enumerate(models if models is not None else [model]):
+        own, column = per_model[c], unions[c][1]
+        k = acts[c][:, np.searchsorted(layers, own[:, 0]), column].T
+        lens = np.concatenate(
+            [
+                np.asarray(neuron_logit_lens(m, layer, own[own[:, 0] == layer, 1]))
+                for layer in layers
+            ]
+        )  # [neuron, d_vocab]
+        K.append(k.astype(np.float32))
+        KV.append((k * lens[:, ctx.answers(legal)]).astype(np.float32))
+    if models is None:
+        return K[0], KV[0], pairs
+    return np.stack(K), np.stack(KV), pairs
 
 
 def _last_position(ctx: Context, model, prompts, layers, units) -> np.ndarray:

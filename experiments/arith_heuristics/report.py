@@ -235,9 +235,11 @@ def _heuristics(ctx: Context) -> str:
         )
         for ax, ln in zip(axes[0], best, strict=True):
             row = neurons.index(list(ln))
-            grid = np.full((ctx.config.max_op, ctx.config.max_op), np.nan)
-            grid[pairs[:, 0], pairs[:, 1]] = maps[f"K_{key}"][row]
-            ax.imshow(grid, cmap="RdBu_r", origin="lower")
+            lo, hi = pairs.min(0), pairs.max(0)  # the run's operand ranges
+            grid = np.full(hi - lo + 1, np.nan)
+            grid[pairs[:, 0] - lo[0], pairs[:, 1] - lo[1]] = maps[f"K_{key}"][row]
+            extent = (lo[1] - 0.5, hi[1] + 0.5, lo[0] - 0.5, hi[0] + 0.5)
+            ax.imshow(grid, cmap="RdBu_r", origin="lower", extent=extent, aspect="auto")
             top = sorted(by_neuron[ln], reverse=True)[:3]
             ax.set_title(
                 f"L{ln[0]}N{ln[1]} ({op})\n" + "\n".join(n for _, n in top), fontsize=7
@@ -250,9 +252,24 @@ def _heuristics(ctx: Context) -> str:
         "91% of the top neurons of each operator implement at least one heuristic (score "
         ">= 0.6): operand / result ranges, modulos, patterns.",
         "Share of the important neurons with a HYBRID score >= "
-        f"{ctx.config.threshold}, and the K maps of the most-labelled neurons:",
+        f"{ctx.config.threshold}, and the K maps of the most-labelled neurons:"
+        + _span_caveat(ctx),
         _table(["op", "neurons analysed", "classified", "heuristics", "types"], rows),
         *parts,
+    )
+
+
+def _span_caveat(ctx: Context) -> str:
+    """On a restricted operand layout, the taxonomy's wide ranges match trivially."""
+    if ctx.config.op_digits is None:
+        return ""
+    spans = [ctx.get("kmaps")[0][f"pairs_{op_key(op)}"] for op in ctx.config.operators]
+    lo, hi = min(p.min() for p in spans), max(p.max() for p in spans)
+    return (
+        f" Operands here span only {lo}..{hi}, while the taxonomy was built for "
+        f"0..{ctx.config.max_op - 1}: a range heuristic covering the whole span matches "
+        "any neuron, so the share classified says little on its own; the K maps show "
+        "what the neurons respond to."
     )
 
 

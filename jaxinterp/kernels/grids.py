@@ -120,6 +120,23 @@ def _blocks(n_a: int, n_b: int, batch_size: int):
 
 
 @eqx.filter_jit
+def _shared_kv_stacked(models, prefix, a_segments, stop):
+    """`_shared_kv` of every model of a stack: a leading checkpoint axis on each leaf."""
+    return eqx.filter_vmap(lambda m: _shared_kv(m, prefix, a_segments, stop))(models)
+
+
+@eqx.filter_jit
+def _grid_chunk_stacked(models, kv, a_idx, b_segments, units, spec, squeeze, own_units):
+    """`_grid_chunk` of every model of a stack, `[row, col, checkpoint, ...]`; `units`
+    is shared, or per model (`own_units`, `[checkpoint, unit]`)."""
+    acts = eqx.filter_vmap(
+        lambda m, kv_m, u: _grid_chunk(m, kv_m, a_idx, b_segments, u, spec, squeeze),
+        in_axes=(0, 0, 0 if own_units else None),
+    )(models, kv, units)
+    return jnp.moveaxis(acts, 0, 2)
+
+
+@eqx.filter_jit
 @jax.jit
 def _block_sum(acts, valid):
     """Sum over the valid `[rows, cols]` pairs of a block, in float32 on the device."""
@@ -157,7 +174,7 @@ def operand_grid(
     suffix: Int[ArrayLike, " n_suffix"] | Sequence[int] = (),
     tap: str = "mlp.hook_post",
     layers: Sequence[int] | None = None,
-    units: Int[ArrayLike, " unit"] | Sequence[int] | None = None,
+    units: Int[ArrayLike, "*checkpoint unit"] | Sequence[int] | None = None,
     positions: int | Sequence[int] = -1,
     reduce: Literal["full", "mean", "topk"] = "full",
     k: int = 16,
@@ -165,6 +182,7 @@ def operand_grid(
     batch_size: int | None = None,
     memory_budget: int = 1 << 30,
     progress_bar: bool = True,
+    stacked: bool = False,
 ):
     """Taps of every prompt `prefix + [a] + middle + [b] + suffix` over the `a x b` grid.
 
@@ -177,7 +195,8 @@ def operand_grid(
             in `prefix`).
         tap: block tap suffix (default `"mlp.hook_post"`).
         layers: layers recorded (default all); only layers up to the deepest one run.
-        units: indices into the tap's last axis (neurons), default all.
+        units: indices into the tap's last axis (neurons), default all; with `stacked`,
+            also `[checkpoint, unit]` (each model its own units, equally many).
         positions: prompt positions recorded (negative from the end); they must lie in the
             `[b] + suffix` part. An int drops the position axis from the result.
         reduce: `"full"` (every pair), `"mean"` (over pairs) or `"topk"` (the `k` largest
@@ -191,6 +210,9 @@ def operand_grid(
             `<out>.json`; resuming or reusing it for another computation is an error.
         batch_size: pairs per device call; default from `memory_budget` (bytes).
         progress_bar: tqdm over pair batches.
+        stacked: `model` is several models of one architecture stacked on a leading
+            axis of every array (e.g. training checkpoints); all run in one program,
+            vmapped over that axis, and every result gets a leading `checkpoint` axis.
 
     Returns:
         `"full"`: array `[a, b, (pos,) layer, *unit]` (a numpy memmap when `out` is given).
@@ -235,17 +257,33 @@ def operand_grid(
     if not where.stacked:
         raise ValueError(f"operand grids record block taps, not {tap!r}")
     tap, tail = where.key.split(".", 2)[2], where.tail
-    units_arr = None
+    n_models = _n_models(model) if stacked else None
+    units_arr, own_units = None, False
     if units is not None:
-        units_arr = jnp.asarray(check_indices(units, tail[-1], "units").reshape(-1))
-    unit_shape = tail[:-1] + ((tail[-1],) if units is None else (int(units_arr.size),))
+        units_arr = check_indices(units, tail[-1], "units")
+        own_units = units_arr.ndim == 2
+        if units_arr.ndim > 2 or (own_units and units_arr.shape[0] != n_models):
+            raise ValueError(
+                f"units must be [unit] or, for a stack of {n_models} models, "
+                f"[{n_models}, unit]; got shape {units_arr.shape}"
+            )
+        units_arr = jnp.asarray(
+            units_arr.reshape(units_arr.shape[0], -1)
+            if own_units
+            else units_arr.reshape(-1)
+        )
+    unit_shape = tail[:-1] + (
+        (tail[-1],) if units is None else (int(units_arr.shape[-1]),)
+    )
     item_shape = ((len(pos),) if not squeeze else ()) + (len(layers), *unit_shape)
+    if stacked:
+        item_shape = (n_models, *item_shape)
     n_a, n_b = len(a_tokens), len(b_tokens)
     n_items = n_a * n_b
     if batch_size is None:
         per = _bytes_per_pair(
             cfg, b_tokens.shape[1] + suffix.size, int(np.prod(item_shape))
-        )
+        ) * (n_models or 1)
         batch_size = int(max(1, min(4096, memory_budget // per)))
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -276,8 +314,8 @@ def operand_grid(
                 ],
             )
             result, done, finish = open_resumable(out, shape, what)
-            if finish is None:
-                return result  # already complete
+            if finish is None:  # already complete
+                return np.moveaxis(result, 2, 0) if stacked else result
         else:
             result, finish = np.empty(shape, np.float32), None
         flat = result.reshape(n_items, *item_shape)
@@ -292,7 +330,8 @@ def operand_grid(
     else:
         raise ValueError(f"reduce must be 'full', 'mean' or 'topk', not {reduce!r}")
 
-    kv = _shared_kv(model, jnp.asarray(prefix), jnp.asarray(a_segments), spec.stop)
+    shared_kv = _shared_kv_stacked if stacked else _shared_kv
+    kv = shared_kv(model, jnp.asarray(prefix), jnp.asarray(a_segments), spec.stop)
     rows, cols, blocks = _blocks(n_a, n_b, batch_size)
 
     def consume(block, a_idx, b_idx, acts):
@@ -327,27 +366,35 @@ def operand_grid(
         a0, a1, b0, b1 = block
         a_idx = pad_rows(np.arange(a0, a1), rows)
         b_idx = pad_rows(np.arange(b0, b1), cols)
-        acts = _grid_chunk(
-            model,
-            kv,
-            jnp.asarray(a_idx),
-            jnp.asarray(b_segments[b_idx]),
-            units_arr,
-            spec,
-            squeeze,
-        )
+        args = (model, kv, jnp.asarray(a_idx), jnp.asarray(b_segments[b_idx]))
+        if stacked:
+            acts = _grid_chunk_stacked(*args, units_arr, spec, squeeze, own_units)
+        else:
+            acts = _grid_chunk(*args, units_arr, spec, squeeze)
         if pending is not None:
             consume(*pending)
         pending = (block, a_idx, b_idx, acts)
     if pending is not None:
         consume(*pending)
     if reduce == "full":
-        return result
+        return np.moveaxis(result, 2, 0) if stacked else result
     if reduce == "mean":
         return total / n_items
     top_i = np.asarray(top_i).reshape(k, *item_shape)
-    return dict(
+    top = dict(
         values=np.asarray(top_v).reshape(k, *item_shape),
         a=top_i // n_b,
         b=top_i % n_b,
     )
+    return {key: np.moveaxis(v, 1, 0) for key, v in top.items()} if stacked else top
+
+
+def _n_models(model: Transformer) -> int:
+    """Number of models in a stack (the leading axis of the embedding)."""
+    shape = model.embed.W_E.shape
+    if len(shape) != 3:
+        raise ValueError(
+            f"stacked=True needs models stacked on a leading axis; the embedding has "
+            f"shape {shape}"
+        )
+    return shape[0]
