@@ -352,9 +352,81 @@ def test_chunking_does_not_change_results(monkeypatch):
     )
     whole = run(maps, pairs, "*", check_bottom=True)
     monkeypatch.setattr(cl, "_CHUNK_ELEMENTS", 2 * len(pairs))  # 2 rows per chunk
+    monkeypatch.setattr(cl, "_CHUNK_MIN_ROWS", 1)
+    assert cl._chunk_rows(len(pairs)) == 2
     chunked = run(maps, pairs, "*", check_bottom=True)
     assert chunked.names == whole.names
     assert chunked.to_dict() == whole.to_dict()
+
+
+@pytest.mark.parametrize("op", ["+", "-", "*", "/"])
+def test_counting_plans_agree(monkeypatch, op):
+    # The cost model only chooses how the counts are taken: position parts only, or rank
+    # parts wherever they apply (ranges by rank intervals, one-k mods by value blocks),
+    # must give the same dictionaries as the default choice, in both modes and at both ends.
+    pairs = legal_pairs(op, max_op=60)
+    rng = np.random.default_rng(3)
+    maps = np.round(rng.standard_normal((6, len(pairs))), 2).astype(np.float32)
+    expected = {}
+    for mode in MODES:
+        for bottom in (False, True):
+            result = run(maps, pairs, op, mode, check_bottom=bottom, max_op=60)
+            expected[mode, bottom] = (result.names, result.to_dict())
+    forced = {
+        "positions": {"_NS_RANK_PAIR": 1e9},
+        "ranks": {"_NS_POSITION": 1e9, "_NS_PER_BIN_POSITION": 1e9, "_NS_RANK": 0.0},
+    }
+    for plan, costs in forced.items():
+        with monkeypatch.context() as patch:
+            patch.setattr(cl, "_RULES_CACHE", {})
+            for name, value in costs.items():
+                patch.setattr(cl, name, value)
+            for (mode, bottom), want in expected.items():
+                rules = cl._cached_rules(
+                    cl._layout(op, 999, 60),
+                    op,
+                    *cl._pair_values(pairs, op, 999, 60),
+                    999,
+                    60,
+                    mode,
+                )
+                ranked = rules.plans[bottom].ranked
+                assert ranked == (plan == "ranks"), (plan, mode, bottom)
+                result = run(maps, pairs, op, mode, check_bottom=bottom, max_op=60)
+                assert (result.names, result.to_dict()) == want, (plan, mode, bottom)
+
+
+def test_pattern_counts_by_runs_and_by_table_agree():
+    # Wildcard codes counted by sorted runs (short lists) or in a [row, code] table (long
+    # lists): the same (row, code, count, first place) of every code seen often enough.
+    rng = np.random.default_rng(4)
+    for length, least in ((19, 1), (150, 15), (300, 30)):
+        values = rng.integers(0, 60, (7, length)) * rng.choice([1, 10, 11], (7, 1))
+        codes = cl._WILDCARD_CODES[values].reshape(7, -1)
+        runs = cl._code_runs(codes, least)
+        table = cl._code_table(codes, least)
+        by_runs = sorted(zip(*(x.tolist() for x in runs), strict=True))
+        by_table = sorted(zip(*(x.tolist() for x in table), strict=True))
+        assert by_runs == by_table and by_runs
+
+
+def test_work_arrays_are_reused_safely():
+    # Calls of different shapes share the per-thread work arrays: a result never depends
+    # on what ran before.
+    rng = np.random.default_rng(5)
+    runs = []
+    for op, max_op in (("*", 300), ("-", 60), ("*", 300)):
+        pairs = legal_pairs(op, max_op=max_op)
+        maps = rng.standard_normal((3, len(pairs))).astype(np.float32)
+        runs.append((op, max_op, pairs, maps))
+    first = [
+        run(m, p, op, check_bottom=True, max_op=mo).to_dict() for op, mo, p, m in runs
+    ]
+    again = [
+        run(m, p, op, check_bottom=True, max_op=mo).to_dict()
+        for op, mo, p, m in reversed(runs)
+    ]
+    assert first == again[::-1]
 
 
 def test_ties_are_broken_by_pair_index():

@@ -79,32 +79,44 @@ Vectorisation (no Python loop over neurons or heuristics):
   high half, pair index in the low half), so one plain SIMD sort gives exactly
   `np.argsort(-maps, axis=1, kind="stable")` with no tie handling. Only the positions a
   rule reads are ordered: when the top and bottom reaches leave a middle, a SIMD partition
-  puts the two ends in place and only they are sorted.
+  puts the two ends in place and only they are sorted. Where rank parts are used, one
+  scatter gives every pair its rank.
 * fixed heuristics: every value a heuristic looks at (op1, op2, the result, "both operands
   are r mod n", ...) has a precomputed bin per pair. The heuristics of a source are counted
-  in "parts": a segmented part cuts the first positions at every k it needs, gathers the
-  pairs' bins along the ordering (one `take` over a [position, row] array, so each part
-  reads a contiguous prefix), adds the (segment, row) offsets and takes one bincount per
-  chunk of neurons; summing the (segment, row, bin) table over segments (row slices, in
-  place) gives every heuristic's count at its own k. A per-bin part (heuristics with
-  disjoint value sets, each at its own k, such as the ranges of one size) drops positions
-  at or past their bin's k instead and needs no table. How a source's heuristics are split
-  into parts is chosen once per pair set by a cost model (`_Part.cost`).
-* discovered patterns: one bincount of the wildcard codes (a [value, mask] lookup table) of
-  the first k values of all neurons of a chunk.
-* assembly: fixed names have one entry per neuron, so their entries are written straight
-  to their final place; only the few discovered entries are sorted.
-* set-up (layout, k formulas, parts) is cached per (operator, S, max_op, mode, digest of
-  the pairs), for both ends, so a K run and its KV run share it.
+  in "parts" of two kinds. A position part (`_Part`) reads the ordering: a segmented one
+  cuts the first positions at every k it needs, gathers the pairs' bins (one `take` over a
+  [position, row] array, so each part reads a contiguous prefix), adds the (segment, row)
+  offsets and takes one bincount per chunk of neurons; summing the (segment, row, bin)
+  table over segments gives every heuristic's count at its own k. A per-bin one
+  (heuristics with disjoint value sets, each at its own k) drops positions at or past
+  their bin's k instead. A rank part (`_RankPart`) reads the ranks instead, laid out by
+  the source's values: one comparison with a per-pair rank bound and one `add.reduceat`
+  over contiguous blocks count disjoint intervals (the ranges of one size) or the values of
+  one k (the mods of one modulus); it costs n per neuron whatever the ks, so it wins when
+  the ks are large. How a source's heuristics are split into parts, and of which kind, is
+  chosen once per pair set and `check_bottom` by a cost model (`_NS_*`, `_Plan.choose`).
+* discovered patterns: per row, the (wildcard code, list place) keys of the first k values
+  are sorted into runs (or, for long lists, counted in a [row, code] table), which give
+  every code's count and first place; one rank key per code then orders them as the
+  official sort does and a row-wise partition keeps the first 5.
+* assembly: fixed names have one entry per neuron and come in layout order, so their
+  entries are copied run by run from the [name, row] score matrix; only the few discovered
+  entries (integer name ids until the end) are sorted. The × post-processing edits the
+  matrix and the discovered scores before that.
+* set-up (layout, k formulas, parts, plans) is cached per (operator, S, max_op, mode,
+  digest of the pairs), for both ends, so a K run and its KV run share it; large work
+  arrays are reused across chunks and calls (`_Scratch`).
 
 Neurons are processed in chunks of rows only to bound memory.
 """
 
 import dataclasses
+import functools
 import hashlib
 import math
 import re
 import sys
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -152,7 +164,19 @@ ZERO_CANCELLED = tuple(f"result_0mod{n}" for n in MOD_BASES) + tuple(
 )
 """× names zeroed for neurons whose `result_value_000` score is 1 (they follow from it)."""
 
-_PER_BIN_GROUPS = 4  # at most this many per-bin parts stand in for one segmented part
+_PER_BIN_GROUPS = 4  # at most this many per-bin or rank parts stand in for one part
+# Cost model of the counting (`_Part.cost`, `_RankPart.cost`, `_Plan.choose`): nanoseconds
+# per neuron, fitted to timings of the parts of all four operators (one CPU core).
+_NS_POSITION = 4.5  # segmented part, per position: gather, add the offset, bincount
+_NS_PER_BIN_POSITION = 10.0  # per-bin part, per position (also the bin's k, the mask)
+_NS_TABLE = 3.0  # per (segment, bin) table entry: zeroing, cumulative sum
+_NS_CELL = 2.0  # per table cell summed one by one (fancy gather and reduceat)
+_NS_PRODUCT = 0.2  # per (bin, heuristic) of a membership product of a table
+_NS_RANK_PAIR = 0.6  # rank part, per pair: compare with the bound, reduceat
+_NS_BLOCK = 15.0  # rank part, per block: reduceat output, membership product
+_NS_RANK = 3.5  # per ranked position: the rank scatter (once per chunk)
+_NS_LAYOUT = 1.5  # per pair: the ranks laid out by one source's values (once per chunk)
+_NS_CALLS = 20000.0  # per part (or product) and chunk: the numpy calls themselves
 _CAPPED_OPS = ("*", "/")  # result mods and ranges use k = min(k, max_op)
 _SECTION = 4096  # sub-positions per section in a neuron's emission order
 
@@ -174,7 +198,7 @@ def _wildcard_codes() -> np.ndarray:
     """[value 0..999, mask] the (mask, kept digits) code of the value's wildcard string."""
     values = np.arange(1000)
     digits = (values // 100, values // 10 % 10, values % 10)
-    codes = np.empty((values.size, len(_MASKS)), np.int64)
+    codes = np.empty((values.size, len(_MASKS)), np.int32)
     for i, mask in enumerate(_MASKS):
         kept = _KEPT[mask]
         number = sum(digits[j] * 10 ** (len(kept) - 1 - p) for p, j in enumerate(kept))
@@ -183,9 +207,38 @@ def _wildcard_codes() -> np.ndarray:
 
 
 _WILDCARD_CODES = _wildcard_codes()
-_CHUNK_ELEMENTS = (
-    1 << 20
-)  # rows per chunk = this // n_pairs (measured: 2^19..2^21 alike)
+_CHUNK_ELEMENTS = 1 << 19  # rows per chunk = this // n_pairs, but at least:
+_CHUNK_MIN_ROWS = 16  # every chunk costs about a thousand numpy calls
+
+
+def _chunk_rows(n_pairs: int) -> int:
+    """Neurons (map rows) scored together."""
+    return max(_CHUNK_MIN_ROWS, _CHUNK_ELEMENTS // max(n_pairs, 1))
+
+
+class _Scratch(threading.local):
+    """Work arrays reused across the chunks and calls of one thread.
+
+    A fresh array of a few MB is not free: the allocator returns large blocks to the system
+    and every page is faulted in again on first use, which cost up to a third of the run time
+    of the steps below. The arrays here are about ten per chunk, of at most 8 bytes per map
+    entry (`_chunk_rows`): 30-60 MB in all, kept while the thread lives.
+    """
+
+    def __init__(self):
+        self.buffers: dict[str, np.ndarray] = {}
+
+    def array(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """An uninitialised array of this shape and dtype, valid until the next request
+        of the same name."""
+        size = math.prod(shape) * np.dtype(dtype).itemsize
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.size < size:
+            buffer = self.buffers[name] = np.empty(size, np.uint8)
+        return buffer[:size].view(dtype).reshape(shape)
+
+
+_SCRATCH = _Scratch()
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # arrays: compare `to_dict()` instead
@@ -307,22 +360,22 @@ def classify(
     op1, op2, result = _pair_values(pairs, op, max_single_token, max_op)
     if maps.ndim != 2 or maps.shape[1] != op1.size:
         raise ValueError(f"maps must be [neuron, {op1.size}], got shape {maps.shape}")
-    if not np.all(np.isfinite(maps)):
+    if maps.size and not (np.isfinite(maps.min()) and np.isfinite(maps.max())):
         raise ValueError("maps must be finite (the official ordering of NaN differs)")
     layout = _layout(op, max_single_token, max_op)
     rules = _cached_rules(layout, op, op1, op2, result, max_single_token, max_op, mode)
     n_rows = maps.shape[0]
-    step = max(1, _CHUNK_ELEMENTS // max(op1.size, 1))
+    most = _chunk_rows(op1.size)  # rows per chunk, at most
+    step = -(-n_rows // -(-n_rows // most)) if n_rows else 1  # equal chunks
     fixed, found = [], []
-    offsets: dict[int, np.ndarray] = {}
     for start in range(0, n_rows, step):
-        chunk = _score_chunk(maps[start : start + step], rules, check_bottom, offsets)
+        chunk = _score_chunk(maps[start : start + step], rules, check_bottom)
         fixed.append(chunk.fixed)
         found.append(chunk.found.shifted(start))
     return _assemble(
         layout,
         rules,
-        np.concatenate(fixed) if fixed else np.zeros((0, len(layout.names))),
+        np.concatenate(fixed, axis=1) if fixed else np.zeros((len(layout.names), 0)),
         _Found.concatenate(found),
         n_rows,
         kind,
@@ -448,6 +501,7 @@ class _Layout:
         )
 
 
+@functools.lru_cache(maxsize=16)
 def _layout(op: str, max_single_token: int, max_op: int) -> _Layout:
     families: list[_Family] = []
     sections: dict[str, int] = {}
@@ -576,7 +630,11 @@ class _Heuristic:
     accepted: np.ndarray  # values of the source that satisfy the predicate
     bottom: bool  # also counted on the reversed ordering when check_bottom
     group: str  # "mod{n}" or "range{size}": candidates for separate histograms
-    modulus: int = 0  # n of an operand or result mod (accepted = m, m + n, ...)
+
+    @property
+    def is_interval(self) -> bool:
+        """Whether the accepted values are one run of consecutive integers."""
+        return self.accepted[-1] - self.accepted[0] + 1 == self.accepted.size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -584,59 +642,61 @@ class _Part:
     """The heuristics of one source counted on one end of the ordering, in one histogram.
 
     The first `reach` positions of the ordering are cut into segments at every k of the
-    part; one bincount gives the histogram of (segment, neuron, value bin) of a chunk of
-    neurons, and its cumulative sum over segments (the outer axis, so that the sums run
-    over long contiguous rows) the count of every value among the first k positions. A
-    heuristic's count is the sum of that table over its accepted bins at its own k. The bin
-    of every pair is precomputed (`pair_bin`): counting is one gather along the ordering,
-    one add of the (segment, row) offsets and one bincount. A per-bin part (`bin_k` set,
-    see `per_bin`) has one segment and drops the positions at or past their bin's k.
+    part; one bincount of (segment, row, value bin) keys gives the histogram of a chunk of
+    neurons, and its cumulative sum over segments the count of every bin among the first k
+    positions. The bin of every pair is precomputed (`pair_bin`): counting is one gather
+    along the ordering (a contiguous [position, row] prefix), one add of the (segment, row)
+    offsets and one bincount. A heuristic's count is then the sum of the table over its
+    accepted bins at its own k: cell by cell (`cell_*`), or, for heuristics of many bins
+    (mods), one membership matrix product per segment (`sums`). A per-bin part (`bin_k`
+    set, see `per_bin`) has one segment and drops the positions at or past their bin's k.
     """
 
     source: str
     bottom: bool
     reach: int  # largest k
+    n_pairs: int
     value_bin: np.ndarray  # [value] bin of a source value
-    width: int  # number of bins
-    boundaries: (
-        np.ndarray
-    )  # the distinct k values, ascending; segment i ends at the i-th
+    width: int  # number of bins per (row, segment)
     n_segments: int
     cell_segment: np.ndarray  # [cell] segment of the cells summed, grouped by heuristic
     cell_bin: np.ndarray  # [cell] bin of those cells
-    starts: np.ndarray  # [heuristic] start of its cells
-    columns: np.ndarray  # [heuristic] column
+    starts: np.ndarray  # [cell-summed heuristic] start of its cells
+    columns: np.ndarray  # [cell-summed heuristic] column
+    segment_ends: np.ndarray  # [segment] its end: the distinct k values, ascending
+    # (segment, float64 [bin, heuristic] membership, columns): heuristics of many bins
+    sums: tuple[tuple[int, np.ndarray, np.ndarray], ...] = ()
     bin_k: np.ndarray | None = None  # per-bin parts: [bin] k of the bin's heuristic
     # Set by `with_pairs` once the part is chosen (the per-pair arrays are large):
     pair_bin: np.ndarray | None = None  # int16 [pair] bin of the pair's source value
-    segment_offset: np.ndarray | None = None  # intp [reach] segment of each position
+    segment_offset: np.ndarray | None = None  # intp [reach] segment * width
 
-    def with_pairs(self, pair_values: np.ndarray) -> "_Part":
-        """The part with its per-pair bins and per-position segments filled in."""
-        segment = np.zeros(self.reach, np.intp)  # per-bin parts: one segment
-        if self.bin_k is None:
-            segment[:] = np.searchsorted(
-                self.boundaries, np.arange(self.reach), "right"
-            )
+    def with_pairs(self, pair_values: np.ndarray, layouts: "_Layouts") -> "_Part":
+        """The part with its per-pair bins and per-position segment offsets filled in."""
+        del layouts  # position parts read the ordering itself
+        segment = np.searchsorted(self.segment_ends, np.arange(self.reach), "right")
         return dataclasses.replace(
             self,
             pair_bin=self.value_bin[pair_values].astype(np.int16),
-            segment_offset=segment,
+            segment_offset=(segment * self.width).astype(np.intp),
         )
 
     @property
-    def cost(self) -> int:
-        """Rough element operations per neuron: positions, table entries, summed cells."""
-        if self.bin_k is not None:  # gather, k lookup, compare, offsets, mask, bincount
-            return 7 * self.reach + 2 * self.width
+    def cost(self) -> float:
+        """Rough nanoseconds per neuron (see `_NS_*`)."""
+        calls = _NS_CALLS / _chunk_rows(self.n_pairs)
+        if self.bin_k is not None:
+            return (
+                calls + _NS_PER_BIN_POSITION * self.reach + 2 * _NS_TABLE * self.width
+            )
+        summed = sum(matrix.size for _, matrix, _ in self.sums)
         return (
-            4 * self.reach + 3 * self.n_segments * self.width + 2 * self.cell_bin.size
+            calls * (1 + len(self.sums))
+            + _NS_POSITION * self.reach
+            + _NS_TABLE * self.n_segments * self.width
+            + _NS_CELL * self.cell_bin.size
+            + _NS_PRODUCT * summed
         )
-
-    def offsets(self, n_rows: int) -> np.ndarray:
-        """intp [reach, row] bincount offset of every position: segment and row."""
-        rows = np.arange(n_rows, dtype=np.intp) * self.width
-        return (self.segment_offset * (n_rows * self.width))[:, None] + rows
 
     @staticmethod
     def per_bin(
@@ -656,89 +716,382 @@ class _Part:
             source=source,
             bottom=bottom,
             reach=reach,
+            n_pairs=pair_values.size,
             value_bin=value_bin,
             width=width,
-            boundaries=np.unique(bin_k[:-1]),
             n_segments=1,
             cell_segment=np.zeros(len(counted), np.intp),
             cell_bin=np.arange(len(counted)),
             starts=np.arange(len(counted)),
             columns=np.array([h.column for h in counted]),
+            segment_ends=np.array([reach]),
             bin_k=bin_k,
         )
-
-    @staticmethod
-    def build(
-        source: str, bottom: bool, heuristics: list[_Heuristic], pair_values: np.ndarray
-    ) -> "list[_Part]":
-        """The cheaper of one segmented part and per-bin parts (when the heuristics'
-        value sets can be split into few disjoint groups) for these heuristics."""
-        counted = [h for h in heuristics if h.k > 0 and h.accepted.size > 0]
-        if not counted:
-            return []
-        options = [[_Part.segmented(source, bottom, counted, pair_values)]]
-        groups: list[list[_Heuristic]] = []  # greedy split into disjoint value sets
-        used: list[set[int]] = []
-        for h in counted:
-            values = set(h.accepted.tolist())
-            i = next((i for i, u in enumerate(used) if not u & values), len(groups))
-            if i == _PER_BIN_GROUPS:
-                break  # too many groups: per-bin parts are not considered
-            if i == len(groups):
-                groups.append([])
-                used.append(set())
-            groups[i].append(h)
-            used[i] |= values
-        else:
-            options.append(
-                [_Part.per_bin(source, bottom, g, pair_values) for g in groups]
-            )
-        return min(options, key=lambda parts: sum(p.cost for p in parts))
 
     @staticmethod
     def segmented(
         source: str, bottom: bool, counted: list[_Heuristic], pair_values: np.ndarray
     ) -> "_Part":
-        """One segmented part: value bins between the heuristics' interval ends, the
-        residues of a single modulus, or the values themselves; a segment per distinct k."""
+        """One segmented part, with a segment per distinct k and as value bins either the
+        pieces between the heuristics' interval ends, or (mods among them) the classes of
+        values that every heuristic accepts or rejects alike: the residues mod the lcm of
+        the moduli, or the values themselves."""
         n_values = int(pair_values.max(initial=0)) + 1
-        firsts = np.array([h.accepted[0] for h in counted])
-        ends = np.array([h.accepted[-1] + 1 for h in counted])
-        moduli = {h.modulus for h in counted}
-        if np.array_equal(ends - firsts, [h.accepted.size for h in counted]):
-            # Every heuristic accepts an interval of values: bins between interval ends.
+        by_matrix: list[_Heuristic] = []
+        if all(h.is_interval for h in counted):
+            firsts = np.array([h.accepted[0] for h in counted])
+            ends = np.array([h.accepted[-1] + 1 for h in counted])
             edges = np.unique(np.concatenate([[0, n_values], firsts, ends]))
             bins = np.searchsorted(edges, np.arange(n_values), side="right") - 1
             lows, highs = np.searchsorted(edges, firsts), np.searchsorted(edges, ends)
+            by_cell = counted
             bin_sets = [
                 np.arange(a, b)
                 for a, b in zip(lows.tolist(), highs.tolist(), strict=True)
             ]
             width = edges.size - 1
-        elif len(moduli) == 1 and 0 not in moduli:
-            (width,) = moduli  # one modulus n: the residue is the bin
-            bins = np.arange(n_values) % width
-            bin_sets = [h.accepted[:1] for h in counted]
-        else:  # mods of several moduli: every value is its own bin
-            bins, bin_sets, width = None, [h.accepted for h in counted], n_values
-        boundaries = np.unique([h.k for h in counted])
-        reach = int(boundaries[-1])
-        n_segments = len(boundaries)
-        segments = [np.searchsorted(boundaries, h.k) for h in counted]
-        sizes = np.array([kept.size for kept in bin_sets])
+        else:
+            member = np.zeros((n_values, len(counted)), bool)
+            for i, h in enumerate(counted):
+                member[h.accepted, i] = True
+            packed = np.packbits(member, axis=1)  # one row of bytes per value
+            _, first, bins = np.unique(
+                packed, axis=0, return_index=True, return_inverse=True
+            )
+            classes = member[first]
+            bins, width = bins.reshape(-1), classes.shape[0]
+            matrix_of = {h.column: classes[:, i] for i, h in enumerate(counted)}
+            by_matrix = _summed_by_product(counted, matrix_of, width, pair_values.size)
+            summed = {h.column for h in by_matrix}
+            by_cell = [h for h in counted if h.column not in summed]
+            bin_sets = [np.flatnonzero(matrix_of[h.column]) for h in by_cell]
+        segment_ends = np.unique([h.k for h in counted])
+        segment_of = {k: i for i, k in enumerate(segment_ends.tolist())}
+        sizes = np.array([kept.size for kept in bin_sets], np.intp)
+        cell_segment = np.repeat([segment_of[h.k] for h in by_cell], sizes)
+        by_segment: dict[int, list[_Heuristic]] = {}
+        for h in by_matrix:
+            by_segment.setdefault(segment_of[h.k], []).append(h)
         return _Part(
             source=source,
             bottom=bottom,
-            reach=reach,
-            value_bin=np.arange(n_values) if bins is None else bins,
-            width=width,
-            boundaries=boundaries,
-            n_segments=n_segments,
-            cell_segment=np.repeat(segments, sizes),
-            cell_bin=np.concatenate(bin_sets),
+            reach=int(segment_ends[-1]),
+            n_pairs=pair_values.size,
+            value_bin=bins,
+            width=int(width),
+            n_segments=segment_ends.size,
+            cell_segment=cell_segment.astype(np.intp),
+            cell_bin=np.concatenate(bin_sets) if bin_sets else np.zeros(0, np.intp),
             starts=np.cumsum(sizes) - sizes,
-            columns=np.array([h.column for h in counted]),
+            columns=np.array([h.column for h in by_cell], np.intp),
+            segment_ends=segment_ends,
+            sums=tuple(
+                (
+                    segment,
+                    np.stack([matrix_of[h.column] for h in group], 1).astype(float),
+                    np.array([h.column for h in group], np.intp),
+                )
+                for segment, group in by_segment.items()
+            ),
         )
+
+
+def _summed_by_product(
+    counted: list[_Heuristic], member: dict[int, np.ndarray], width: int, n_pairs: int
+) -> list[_Heuristic]:
+    """The heuristics of a segmented part better summed by one membership product per k
+    (the mods of one modulus share a k and cover every bin) than cell by cell."""
+    by_k: dict[int, list[_Heuristic]] = {}
+    for h in counted:
+        by_k.setdefault(h.k, []).append(h)
+    chosen = []
+    for group in by_k.values():
+        cells = sum(int(member[h.column].sum()) for h in group)
+        product = _NS_PRODUCT * width * len(group) + _NS_CALLS / _chunk_rows(n_pairs)
+        if product < _NS_CELL * cells:
+            chosen += group
+    return chosen
+
+
+@dataclasses.dataclass(frozen=True)
+class _RankPart:
+    """Heuristics of one source counted on the ranks of the pairs instead of along the
+    ordering.
+
+    The pairs are laid out by ascending source value (`_Layouts`), so that the pairs of
+    every value, and of every interval of values, form one contiguous block. A pair counts
+    for a heuristic with k when its rank is below k (among the first k positions), or at
+    least n - k (among the last k): one comparison of the laid-out ranks with a per-pair
+    bound and one `add.reduceat` over the blocks count the pairs of every block below its
+    heuristic's bound. Two kinds:
+
+    * disjoint intervals, each at its own k: one block per heuristic (`build`); pairs of no
+      heuristic get a bound that never counts (0 at the top, n at the bottom);
+    * any value sets at one common k: one block per value, summed into the heuristics by a
+      one-hot [value, heuristic] matrix product (`members`, `build_values`).
+
+    Cheaper than a position part when the ks are large compared to n: it costs n per row
+    whatever the ks.
+    """
+
+    source: str
+    bottom: bool
+    reach: int  # largest k: the ranks must be exact up to here
+    n_pairs: int
+    starts: np.ndarray  # [block] first layout index
+    columns: np.ndarray  # [heuristic] column
+    block_k: tuple[tuple[int, int, int], ...]  # (start, end, k) of every counted block
+    members: np.ndarray | None = None  # float64 [block, heuristic]; None: the identity
+    bound: np.ndarray | None = None  # set by `with_pairs`: [layout index] rank bound
+
+    def with_pairs(self, pair_values: np.ndarray, layouts: "_Layouts") -> "_RankPart":
+        """The part with its per-pair rank bounds filled in."""
+        del pair_values
+        n = self.n_pairs
+        bound = np.full(n, n if self.bottom else 0, layouts.rank_dtype)
+        for start, end, k in self.block_k:
+            bound[start:end] = n - k if self.bottom else k
+        return dataclasses.replace(self, bound=bound)
+
+    @property
+    def cost(self) -> float:
+        """Rough nanoseconds per neuron (see `_NS_*`); the ranks themselves are shared."""
+        calls = _NS_CALLS / _chunk_rows(self.n_pairs)
+        return calls + _NS_RANK_PAIR * self.n_pairs + _NS_BLOCK * self.starts.size
+
+    @staticmethod
+    def build(
+        source: str, bottom: bool, counted: list[_Heuristic], layouts: "_Layouts"
+    ) -> "_RankPart | None":
+        """The rank part of disjoint interval heuristics, or None if they are not that."""
+        if not all(h.is_interval for h in counted):
+            return None
+        by_start = sorted(counted, key=lambda h: int(h.accepted[0]))
+        sorted_values = layouts.sorted_values[source]
+        blocks = []
+        previous_end = -1
+        for h in by_start:
+            low, high = int(h.accepted[0]), int(h.accepted[-1]) + 1
+            if low < previous_end:
+                return None  # overlapping intervals
+            previous_end = high
+            start, end = np.searchsorted(sorted_values, [low, high]).tolist()
+            if end > start:  # a heuristic without pairs keeps its count of 0
+                blocks.append((start, end, h))
+        if not blocks:
+            return None
+        return _RankPart(
+            source=source,
+            bottom=bottom,
+            reach=max(h.k for _, _, h in blocks),
+            n_pairs=sorted_values.size,
+            starts=np.array([start for start, _, _ in blocks], np.intp),
+            columns=np.array([h.column for _, _, h in blocks], np.intp),
+            block_k=tuple((start, end, h.k) for start, end, h in blocks),
+        )
+
+    @staticmethod
+    def build_values(
+        source: str, bottom: bool, counted: list[_Heuristic], layouts: "_Layouts"
+    ) -> "_RankPart | None":
+        """The rank part of heuristics that share one k (e.g. the mods of one modulus),
+        one block per value, or None if their ks differ."""
+        (k, *others) = {h.k for h in counted}
+        if others:
+            return None
+        sorted_values = layouts.sorted_values[source]
+        values, starts = np.unique(sorted_values, return_index=True)
+        members = np.stack([np.isin(values, h.accepted) for h in counted], axis=1)
+        return _RankPart(
+            source=source,
+            bottom=bottom,
+            reach=k,
+            n_pairs=sorted_values.size,
+            starts=starts.astype(np.intp),
+            columns=np.array([h.column for h in counted], np.intp),
+            block_k=((0, sorted_values.size, k),),
+            members=members.astype(np.float64),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layouts:
+    """The pairs of every source laid out by ascending value, for the rank parts."""
+
+    perm: dict[str, np.ndarray | None]  # source -> pair order (None: already sorted)
+    sorted_values: dict[str, np.ndarray]  # source -> its values in that order
+    rank_dtype: type  # int16 when every rank fits, else int32
+
+    @staticmethod
+    def build(values: dict[str, np.ndarray], n_pairs: int) -> "_Layouts":
+        perm, sorted_values = {}, {}
+        for source, v in values.items():
+            order = np.argsort(v, kind="stable")
+            identity = bool(np.all(order == np.arange(v.size)))
+            perm[source] = None if identity else order
+            sorted_values[source] = v[order]
+        dtype = np.int16 if n_pairs <= np.iinfo(np.int16).max else np.int32
+        return _Layouts(perm, sorted_values, dtype)
+
+
+_AnyPart = _Part | _RankPart
+
+
+def _part_options(
+    source: str,
+    bottom: bool,
+    heuristics: list[_Heuristic],
+    pair_values: np.ndarray,
+    layouts: _Layouts | None,
+    memo: dict,
+) -> list[list[_AnyPart]]:
+    """Ways to count these heuristics: one segmented part; per-bin parts, when the
+    heuristics' value sets can be split into few disjoint groups; and (with `layouts`) rank
+    parts for the same groups, when they are intervals, or one over value blocks, when the
+    heuristics share one k."""
+    counted = [h for h in heuristics if h.k > 0 and h.accepted.size > 0]
+    key = (source, bottom, layouts is not None, tuple(h.column for h in counted))
+    if key not in memo:
+        memo[key] = _new_part_options(source, bottom, counted, pair_values, layouts)
+    return memo[key]
+
+
+def _new_part_options(
+    source: str,
+    bottom: bool,
+    counted: list[_Heuristic],
+    pair_values: np.ndarray,
+    layouts: _Layouts | None,
+) -> list[list[_AnyPart]]:
+    """`_part_options` of the counted heuristics (k > 0, some value accepted)."""
+    if not counted:
+        return [[]]
+    options = _rank_value_options(source, bottom, counted, layouts)
+    options.append([_Part.segmented(source, bottom, counted, pair_values)])
+    groups: list[list[_Heuristic]] = []  # greedy split into disjoint value sets
+    used: list[set[int]] = []
+    for h in counted:
+        values = set(h.accepted.tolist())
+        i = next((i for i, u in enumerate(used) if not u & values), len(groups))
+        if i == _PER_BIN_GROUPS:
+            return options  # too many groups: only the segmented part
+        if i == len(groups):
+            groups.append([])
+            used.append(set())
+        groups[i].append(h)
+        used[i] |= values
+    options.append([_Part.per_bin(source, bottom, g, pair_values) for g in groups])
+    if layouts is not None:
+        ranked = [_RankPart.build(source, bottom, g, layouts) for g in groups]
+        if all(part is not None for part in ranked):
+            options.append(ranked)
+    return options
+
+
+def _rank_value_options(
+    source: str, bottom: bool, heuristics: list[_Heuristic], layouts: _Layouts | None
+) -> list[list[_AnyPart]]:
+    """The rank part over value blocks of heuristics sharing one k, if that applies."""
+    counted = [h for h in heuristics if h.k > 0 and h.accepted.size > 0]
+    if layouts is None or not counted:
+        return []
+    part = _RankPart.build_values(source, bottom, counted, layouts)
+    return [] if part is None else [[part]]
+
+
+def _cheapest_parts(
+    source: str,
+    bottom: bool,
+    heuristics: list[_Heuristic],
+    pair_values: np.ndarray,
+    layouts: _Layouts | None,
+    memo: dict,
+) -> list[_AnyPart]:
+    """The cheapest split of a source's heuristics into parts: all in one; the mods in one
+    and each range size in its own; every modulus and range size in its own; the moduli of
+    each k together; or the moduli with the largest ks each in its own and the other mods
+    in one (each group counted as `_part_options` allows). Cost = the parts' `cost`, per
+    neuron."""
+    families: dict[str, list[_Heuristic]] = {}
+    for h in heuristics:
+        families.setdefault(h.group, []).append(h)
+    mods = [h for h in heuristics if h.group.startswith("mod")]
+    others = [g for name, g in families.items() if not name.startswith("mod")]
+    splits = [[heuristics], ([mods] if mods else []) + others, list(families.values())]
+    same_k: dict[int, list[_Heuristic]] = {}  # moduli of one k together
+    for h in mods:
+        same_k.setdefault(h.k, []).append(h)
+    splits.append(list(same_k.values()) + others)
+    for cut in sorted({h.k for h in mods})[:-1]:  # moduli above the cut on their own
+        low = [h for h in mods if h.k <= cut]
+        high = [
+            g
+            for g in families.values()
+            if g[0].group.startswith("mod") and g[0].k > cut
+        ]
+        splits.append([low] + high + others)
+    best: list[_AnyPart] = []
+    best_cost = math.inf
+    for groups in splits:
+        parts = []
+        for g in groups:
+            options = _part_options(source, bottom, g, pair_values, layouts, memo)
+            parts += min(options, key=lambda o: sum(p.cost for p in o))
+        cost = sum(p.cost for p in parts)
+        if cost < best_cost:
+            best, best_cost = parts, cost
+    return best
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """The parts scored for one value of `check_bottom`, and what they read."""
+
+    parts: tuple[_AnyPart, ...]
+    top: int  # positions of the ordering read at the top
+    bottom: int  # and at the bottom (0 without check_bottom)
+    ranked: bool  # some part counts on ranks
+    part_reach: tuple[int, int]  # positions read by position parts, top and bottom
+
+    @staticmethod
+    def choose(
+        candidates: dict[bool, dict[tuple[str, bool], list[_AnyPart]]],
+        check_bottom: bool,
+        layouts: _Layouts,
+        n_pairs: int,
+        reads: tuple[int, int],
+    ) -> "_Plan":
+        """The cheaper of the position-only parts and the parts with rank parts allowed;
+        the latter also pay for the ranks (once per chunk) and the source layouts."""
+        plans = []
+        for allow_ranks in (False, True):
+            parts = tuple(
+                part
+                for (_, bottom), chosen in candidates[allow_ranks].items()
+                if check_bottom or not bottom
+                for part in chosen
+            )
+            top = max([p.reach for p in parts if not p.bottom] + [reads[0]])
+            bottom = max([p.reach for p in parts if p.bottom] + [reads[1]])
+            bottom = bottom if check_bottom else 0
+            ranked = [p for p in parts if isinstance(p, _RankPart)]
+            cost = sum(p.cost for p in parts)
+            if ranked:
+                laid = {p.source for p in ranked if layouts.perm[p.source] is not None}
+                cost += _NS_RANK * min(top + bottom, n_pairs)
+                cost += (_NS_LAYOUT * n_pairs + _NS_CALLS / _chunk_rows(n_pairs)) * len(
+                    laid
+                )
+            part_reach = tuple(
+                max(
+                    [p.reach for p in parts if isinstance(p, _Part) and p.bottom == end]
+                    + [0]
+                )
+                for end in (False, True)
+            )
+            plan = _Plan(parts, top, bottom, bool(ranked), part_reach)
+            plans.append((cost, plan))
+        return min(plans, key=lambda cost_plan: cost_plan[0])[1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -749,21 +1102,12 @@ class _Rules:
     mode: str
     max_op: int
     values: dict[str, np.ndarray]  # source -> [pair] value in [0, n_values)
-    parts: tuple[_Part, ...]
+    layouts: _Layouts
+    plans: dict[bool, _Plan]  # check_bottom -> the parts scored and the positions read
     column_k: np.ndarray  # [fixed name] k (0: score 0)
     column_bottom: np.ndarray  # [fixed name] scored on both ends with check_bottom
     pattern_k: int
     sections: dict[str, int]
-
-    def reads(self, check_bottom: bool) -> tuple[int, int]:
-        """How many positions the scoring reads at the top and at the bottom of the
-        ordering: the largest k of the scored parts, the pattern lists and the ÷
-        multi-value list."""
-        top = [p.reach for p in self.parts if not p.bottom] + [self.pattern_k]
-        if self.op == "/":
-            top.append(MULTI_VALUE_TOP)
-        bottom = [p.reach for p in self.parts if p.bottom] + [self.pattern_k]
-        return max(top), max(bottom) if check_bottom else 0
 
     @staticmethod
     def build(
@@ -784,14 +1128,36 @@ class _Rules:
             found = _family_heuristics(fam, column, values, ks, op, max_single_token)
             heuristics += found
             column += len(fam.names)
-        parts = []
+        layouts = _Layouts.build(values, op1.size)
         by_source: dict[str, list[_Heuristic]] = {}
         for h in heuristics:
             by_source.setdefault(h.source, []).append(h)
-        for source, group in by_source.items():
-            parts += _cheapest_parts(source, False, group, values[source])
-            low = [h for h in group if h.bottom]
-            parts += _cheapest_parts(source, True, low, values[source])
+        candidates: dict[bool, dict[tuple[str, bool], list[_AnyPart]]] = {}
+        memo: dict = {}  # part options per group of heuristics
+        for allow_ranks in (False, True):
+            chosen = candidates[allow_ranks] = {}
+            for source, group in by_source.items():
+                for bottom in (False, True):
+                    counted = [h for h in group if h.bottom or not bottom]
+                    parts = _cheapest_parts(
+                        source,
+                        bottom,
+                        counted,
+                        values[source],
+                        layouts if allow_ranks else None,
+                        memo,
+                    )
+                    chosen[(source, bottom)] = [
+                        p.with_pairs(values[source], layouts) for p in parts
+                    ]
+        pattern_k = ks.pattern()
+        top_reads = max(pattern_k, MULTI_VALUE_TOP if op == "/" else 0)
+        plans = {
+            check_bottom: _Plan.choose(
+                candidates, check_bottom, layouts, op1.size, (top_reads, pattern_k)
+            )
+            for check_bottom in (False, True)
+        }
         column_k = np.zeros(column, np.int64)
         column_bottom = np.zeros(column, bool)
         for h in heuristics:
@@ -801,10 +1167,11 @@ class _Rules:
             mode=mode,
             max_op=max_op,
             values={name: v.astype(np.int16) for name, v in values.items()},  # < 1000
-            parts=tuple(parts),
+            layouts=layouts,
+            plans=plans,
             column_k=column_k,
             column_bottom=column_bottom,
-            pattern_k=ks.pattern(),
+            pattern_k=pattern_k,
             sections=layout.sections,
         )
 
@@ -825,7 +1192,7 @@ def _cached_rules(
 ) -> _Rules:
     """`_Rules.build`, reused across calls on the same pairs (a K run and its KV run, or the
     chunks of a large run): keyed by the operator, S, max_op, mode and a digest of the
-    operands. The rules hold both ends; `check_bottom` only selects the parts scored."""
+    operands. The rules hold a plan for each value of `check_bottom`."""
     digest = hashlib.blake2b(np.stack([op1, op2]).tobytes(), digest_size=16).digest()
     key = (op, max_single_token, max_op, mode, digest)
     rules = _RULES_CACHE.pop(key, None)
@@ -868,27 +1235,6 @@ class _KFormulas:
         return math.isqrt(max_single_token)
 
 
-def _cheapest_parts(
-    source: str, bottom: bool, heuristics: list[_Heuristic], pair_values: np.ndarray
-) -> list[_Part]:
-    """The cheapest split of a source's heuristics into parts: all in one; the mods in one
-    and each range size in its own; or every modulus and range size in its own (each group
-    segmented or per-bin, see `_Part.build`). Cost = `_Part.cost`, per neuron."""
-    families: dict[str, list[_Heuristic]] = {}
-    for h in heuristics:
-        families.setdefault(h.group, []).append(h)
-    mods = [h for h in heuristics if h.group.startswith("mod")]
-    by_kind = [mods] if mods else []
-    by_kind += [g for name, g in families.items() if not name.startswith("mod")]
-    options = []
-    for groups in ([heuristics], by_kind, list(families.values())):
-        options.append(
-            [p for g in groups for p in _Part.build(source, bottom, g, pair_values)]
-        )
-    best = min(options, key=lambda parts: sum(p.cost for p in parts))
-    return [p.with_pairs(pair_values) for p in best]
-
-
 def _family_heuristics(
     fam: _Family,
     column: int,
@@ -917,7 +1263,7 @@ def _family_heuristics(
                 k = min(k, max_op)
             sets = [np.arange(m, top, n) for m in range(n)]
         return [
-            _Heuristic(column + m, source, k, sets[m], True, f"mod{n}", n)
+            _Heuristic(column + m, source, k, sets[m], True, f"mod{n}")
             for m in range(n)
         ]
     # ranges [a, b)
@@ -951,13 +1297,18 @@ def _family_heuristics(
 # Scoring a chunk of neurons
 
 
+_SOURCES = ("op1", "op2", "result")  # of discovered patterns, in name-id order
+_MULTI_BASE = len(_SOURCES) * _CODE_SPAN  # name ids from here on: ÷ multi-value sets
+_MULTI_DIGIT = 1024  # base of the packed (result + 1) digits of a multi-value name id
+
+
 @dataclasses.dataclass(frozen=True)
 class _Found:
     """Discovered entries (patterns, values, multi-values), one per row of these arrays."""
 
     neuron: np.ndarray
     key: np.ndarray  # place in the neuron's emission order: section * _SECTION + sub
-    name: np.ndarray  # object array of str
+    name_id: np.ndarray  # int64, see `_found_name`
     score: np.ndarray
 
     def shifted(self, offset: int) -> "_Found":
@@ -967,52 +1318,68 @@ class _Found:
     def concatenate(parts: Sequence["_Found"]) -> "_Found":
         if not parts:
             return _Found(
-                *(np.zeros(0, t) for t in (np.int64, np.int64, object, float))
+                *(np.zeros(0, t) for t in (np.int64, np.int64, np.int64, float))
             )
         fields = [f.name for f in dataclasses.fields(_Found)]
         return _Found(*(np.concatenate([getattr(p, f) for p in parts]) for f in fields))
 
 
+def _found_name(name_id: int) -> str:
+    """The heuristic name of a discovered entry's name id: a pattern (source, wildcard
+    code) below `_MULTI_BASE`, a ÷ multi-value set (packed digits) from there on."""
+    if name_id < _MULTI_BASE:
+        source, code = divmod(name_id, _CODE_SPAN)
+        return str(_code_names(_SOURCES[source])[code])
+    packed, results = name_id - _MULTI_BASE, []
+    while packed:
+        packed, digit = divmod(packed, _MULTI_DIGIT)
+        results.insert(0, digit - 1)  # the last digit is the largest result
+    return f"result_multi_value_{len(results)}={results}"
+
+
 @dataclasses.dataclass(frozen=True)
 class _Chunk:
-    fixed: np.ndarray  # float64 [row, fixed name]
+    fixed: np.ndarray  # float64 [fixed name, row]
     found: _Found
 
 
-def _score_chunk(
-    maps: np.ndarray,
-    rules: _Rules,
-    check_bottom: bool,
-    offsets: dict[int, np.ndarray],
-) -> _Chunk:
-    """Scores of one chunk of rows. `offsets` caches `_Part.offsets` across the chunks of
-    a call (index of the part -> offsets for the chunk's number of rows)."""
-    top, bottom = rules.reads(check_bottom)
-    order = _descending_order(maps, top, bottom)
+def _score_chunk(maps: np.ndarray, rules: _Rules, check_bottom: bool) -> _Chunk:
+    """Scores of one chunk of rows."""
+    plan = rules.plans[check_bottom]
+    order = _descending_order(maps, plan.top, plan.bottom, _SCRATCH)
     n_rows, n = order.shape
-    counts = {False: np.zeros((n_rows, rules.column_k.size), np.int64)}
+    # Row-major views of both ends: position q of the bottom ordering is order[:, n - 1 - q].
+    ends = {False: order, True: order[:, ::-1]}
+    # and [position, row] copies of what the position parts read: each part then gathers
+    # from a contiguous prefix.
+    columns = {}
+    for bottom, reach in enumerate(plan.part_reach):
+        if reach:
+            columns[bool(bottom)] = _SCRATCH.array(
+                f"end{bottom}", (reach, n_rows), np.intp
+            )
+            np.copyto(columns[bool(bottom)], ends[bool(bottom)][:, :reach].T)
+    counts = {False: np.zeros((rules.column_k.size, n_rows), np.int64)}
     if check_bottom:
         counts[True] = np.zeros_like(counts[False])
-    # [position, row] pair indices along each end: every part reads a contiguous prefix
-    ends = {False: np.ascontiguousarray(order[:, :top].T)}
-    if check_bottom:
-        ends[True] = np.ascontiguousarray(order[:, n - bottom :][:, ::-1].T)
-    for i, part in enumerate(rules.parts):
-        if part.bottom and not check_bottom:
-            continue
-        if i not in offsets or offsets[i].shape[1] != n_rows:
-            offsets[i] = part.offsets(n_rows)
-        found = _part_counts(part, ends[part.bottom], offsets[i])
-        counts[part.bottom][:, part.columns] = found
+    laid_out = None
+    if plan.ranked:
+        laid_out = _LaidOutRanks(order, plan, rules.layouts, _SCRATCH)
+    for part in plan.parts:
+        if isinstance(part, _RankPart):
+            _rank_counts(part, laid_out, counts[part.bottom])
+        else:
+            _part_counts(part, columns[part.bottom], counts[part.bottom], _SCRATCH)
     best = counts[False]
     if check_bottom:
-        best = np.where(rules.column_bottom, np.maximum(best, counts[True]), best)
-    k = rules.column_k
+        bottom = rules.column_bottom[:, None]
+        best = np.where(bottom, np.maximum(best, counts[True]), best)
+    k = rules.column_k[:, None]
     fixed = np.divide(best, k, out=np.zeros(best.shape), where=k > 0)
-    found = [_patterns_of(order, rules, source, False) for source in ("op1", "op2")]
+    lists = [("op1", False), ("op2", False)]  # (source, bottom) of the pattern lists
     if check_bottom:
-        found += [_patterns_of(order, rules, source, True) for source in ("op1", "op2")]
-    found.append(_patterns_of(order, rules, "result", False))
+        lists += [("op1", True), ("op2", True)]
+    found = [_patterns(ends, rules, [*lists, ("result", False)])]
     if rules.op == "/":
         found.append(_multi_values(order, rules))
     return _Chunk(fixed, _Found.concatenate(found))
@@ -1021,7 +1388,9 @@ def _score_chunk(
 _LOW, _HIGH = (0, 1) if sys.byteorder == "little" else (1, 0)  # uint32 halves of uint64
 
 
-def _descending_order(maps: np.ndarray, top: int, bottom: int) -> np.ndarray:
+def _descending_order(
+    maps: np.ndarray, top: int, bottom: int, scratch: _Scratch | None = None
+) -> np.ndarray:
     """`np.argsort(-maps, axis=1, kind="stable")` (descending values, ties by pair index)
     where any rule reads it: the first `top` and the last `bottom` positions. The pairs in
     between are in arbitrary order.
@@ -1032,6 +1401,12 @@ def _descending_order(maps: np.ndarray, top: int, bottom: int) -> np.ndarray:
     tied. When the two ends leave pairs out, a (SIMD) partition first puts the ends' pairs
     in place and only they are sorted. Other maps take the full stable argsort.
 
+    Arguments:
+        maps: [row, pair] maps.
+        top: positions needed in order at the top.
+        bottom: positions needed in order at the bottom.
+        scratch: where to keep the work arrays (the result is then one of them).
+
     Returns:
         intp [row, pair] pair indices.
     """
@@ -1039,12 +1414,21 @@ def _descending_order(maps: np.ndarray, top: int, bottom: int) -> np.ndarray:
     if maps.dtype != np.float32 and not np.array_equal(single, maps):
         return np.argsort(-maps, axis=1, kind="stable")
     n_rows, n = maps.shape
-    bits = (single + np.float32(0.0)).view(np.uint32)  # -0.0 + 0.0 = +0.0
+    shape = (n_rows, n)
+    if scratch is None:
+        keys, bits, flip = (
+            np.empty(shape, t) for t in (np.uint64, np.uint32, np.uint32)
+        )
+    else:
+        keys = scratch.array("order", shape, np.uint64)
+        bits = scratch.array("bits", shape, np.uint32)
+        flip = scratch.array("flip", shape, np.uint32)
+    np.add(single, np.float32(0.0), out=bits.view(np.float32))  # -0.0 + 0.0 = +0.0
     # Descending float order as ascending unsigned: negatives keep their bits (larger
     # magnitude, larger key), non-negatives flip their 31 low bits (below every negative).
-    flip = (bits >> np.uint32(31)) - np.uint32(1)  # 0 for negatives, all ones otherwise
+    np.right_shift(bits, np.uint32(31), out=flip)
+    flip -= np.uint32(1)  # 0 for negatives, all ones otherwise
     flip &= np.uint32(0x7FFFFFFF)
-    keys = np.empty((n_rows, n), np.uint64)
     halves = keys.view(np.uint32).reshape(n_rows, n, 2)
     np.bitwise_xor(bits, flip, out=halves[..., _HIGH])
     halves[..., _LOW] = np.arange(n, dtype=np.uint32)
@@ -1057,29 +1441,110 @@ def _descending_order(maps: np.ndarray, top: int, bottom: int) -> np.ndarray:
             rest = keys[:, top:]
             rest.partition(rest.shape[1] - bottom, axis=1)
             keys[:, n - bottom :].sort(axis=1)
-    return halves[..., _LOW].astype(np.intp)
+    keys &= np.uint64(0xFFFFFFFF)  # the pair index, in place
+    return keys.view(np.int64).astype(np.intp, copy=False)
 
 
-def _part_counts(part: _Part, positions: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """[row, heuristic of the part] counts among each heuristic's first k positions.
+class _LaidOutRanks:
+    """The rank of every pair (its position in the ordering) of a chunk, laid out by each
+    source's values on demand.
+
+    Ranks are exact within the plan's top and bottom reads; pairs in between get the rank
+    `top`, which no top bound (k <= top) and no bottom bound (n - k > top) counts.
+    """
+
+    def __init__(
+        self, order: np.ndarray, plan: _Plan, layouts: _Layouts, scratch: _Scratch
+    ):
+        n_rows, n = order.shape
+        dtype = layouts.rank_dtype
+        rows = (np.arange(n_rows, dtype=np.intp) * n)[:, None]
+        ranks = scratch.array("ranks", (n_rows, n), dtype)
+        flat = ranks.reshape(-1)
+        order += rows  # flat pair indices, in place (undone below)
+        if plan.top + plan.bottom >= n:
+            flat[order] = np.arange(n, dtype=dtype)
+        else:
+            ranks.fill(plan.top)
+            flat[order[:, : plan.top]] = np.arange(plan.top, dtype=dtype)
+            if plan.bottom:
+                at = order[:, n - plan.bottom :]
+                flat[at] = np.arange(n - plan.bottom, n, dtype=dtype)
+        order -= rows
+        self.ranks, self.layouts, self.scratch = ranks, layouts, scratch
+        self._laid: dict[str, np.ndarray] = {}
+        self.inside = scratch.array("inside", (n_rows, n), bool)  # for `_rank_counts`
+
+    def of(self, source: str) -> np.ndarray:
+        """[row, layout index] the ranks of the pairs in the source's layout."""
+        perm = self.layouts.perm[source]
+        if perm is None:
+            return self.ranks
+        if source not in self._laid:
+            laid = self.scratch.array(
+                f"laid_{source}", self.ranks.shape, self.ranks.dtype
+            )
+            np.take(self.ranks, perm, axis=1, out=laid, mode="clip")
+            self._laid[source] = laid
+        return self._laid[source]
+
+
+def _rank_counts(part: _RankPart, laid_out: _LaidOutRanks, counts: np.ndarray) -> None:
+    """Writes the counts of a rank part's heuristics into `counts` [column, row]."""
+    ranks = laid_out.of(part.source)
+    inside = laid_out.inside
+    if part.bottom:
+        np.greater_equal(ranks, part.bound, out=inside)
+    else:
+        np.less(ranks, part.bound, out=inside)
+    found = np.add.reduceat(inside.view(np.uint8), part.starts, axis=1, dtype=np.int32)
+    if (
+        part.members is not None
+    ):  # value blocks summed into heuristics (exact in float64)
+        found = found.astype(np.float64) @ part.members
+    counts[part.columns] = found.T
+
+
+def _part_counts(
+    part: _Part, positions: np.ndarray, counts: np.ndarray, scratch: _Scratch
+) -> None:
+    """Writes the counts of a position part's heuristics into `counts` [column, row].
 
     Arguments:
         part: the heuristics counted together.
         positions: intp [>= reach, row] pair indices along the part's end of the ordering.
-        offsets: `part.offsets(row)`.
+        counts: int64 [column, row], the counts of this end.
+        scratch: where to keep the work arrays.
     """
     n_rows = positions.shape[1]
-    bins = np.take(part.pair_bin, positions[: part.reach])  # int16
-    keys = offsets + bins
-    if part.bin_k is not None:  # positions at or past their bin's k go to the last bin
-        outside = part.bin_k[bins] <= _position_column(part.reach)
-        np.copyto(keys, offsets[0] + (part.width - 1), where=outside)
-    hist = np.bincount(keys.ravel(), minlength=part.n_segments * n_rows * part.width)
-    table = hist.reshape(part.n_segments, n_rows, part.width)
-    for segment in range(1, part.n_segments):  # cumulative over segments, row by row
+    shape = (part.reach, n_rows)
+    bins = scratch.array("bins", shape, np.int16)
+    np.take(part.pair_bin, positions[: part.reach], out=bins, mode="clip")
+    keys = scratch.array("keys", shape, np.intp)
+    width = part.width
+    if part.bin_k is None:  # offsets: segment * rows * width + row * width
+        np.add(bins, (part.segment_offset * n_rows)[:, None], out=keys)
+        keys += np.arange(n_rows, dtype=np.intp) * width
+    else:  # positions at or past their bin's k go to the row's last (dropped) bin
+        rows = np.arange(n_rows, dtype=np.intp) * width
+        np.add(bins, rows, out=keys)
+        bin_k = scratch.array("bin_k", shape, np.intp)
+        np.take(part.bin_k, bins, out=bin_k, mode="clip")
+        outside = scratch.array("outside", shape, bool)
+        np.less_equal(bin_k, _position_column(part.reach), out=outside)
+        np.copyto(keys, rows + (width - 1), where=outside)
+    # Segment-major table: the cumulative sums add contiguous [row, bin] blocks.
+    size = part.n_segments * n_rows * width
+    table = np.bincount(keys.reshape(-1), minlength=size)
+    table = table.reshape(part.n_segments, n_rows, width)
+    for segment in range(1, part.n_segments):  # cumulative over segments
         np.add(table[segment], table[segment - 1], out=table[segment])
-    cells = table[part.cell_segment, :, part.cell_bin]  # [cell, row]
-    return np.add.reduceat(cells, part.starts, axis=0).T
+    if part.columns.size:
+        cells = table[part.cell_segment, :, part.cell_bin]  # [cell, row]
+        counts[part.columns] = np.add.reduceat(cells, part.starts, axis=0)
+    for segment, members, columns in part.sums:
+        # [row, bin] @ [bin, heuristic] membership: exact in float64 (counts < 2**53)
+        counts[columns] = (table[segment].astype(np.float64) @ members).T
 
 
 _POSITIONS = np.zeros((0, 1), np.intp)
@@ -1093,22 +1558,31 @@ def _position_column(n: int) -> np.ndarray:
     return _POSITIONS[:n]
 
 
-def _patterns_of(order: np.ndarray, rules: _Rules, source: str, bottom: bool) -> _Found:
-    """The discovered `{source}_value_*` / `{source}_pattern_*` entries of every row."""
+def _patterns(
+    ends: dict[bool, np.ndarray], rules: _Rules, lists: list[tuple[str, bool]]
+) -> _Found:
+    """The discovered `{source}_value_*` / `{source}_pattern_*` entries of every row and
+    pattern list `(source, bottom)`: the values of the first pattern-k positions of the
+    top or the reversed ordering (`ends`), the lists of all sources ranked in one pass."""
     k = rules.pattern_k
-    n = order.shape[1]
-    part = order[:, n - k :][:, ::-1] if bottom else order[:, :k]
-    rows, sub, codes, counts = _significant_masks(
-        rules.values[source][part], k, rules.mode
+    n_rows = ends[False].shape[0]
+    values = np.concatenate(
+        [rules.values[source][ends[bottom][:, :k]] for source, bottom in lists]
     )
-    names = _code_names(source)[codes]
-    if source == "result" and rules.op == "/":
-        keep = _CODE_MASK[codes] == _FULL_MASK  # ÷ keeps result values, not patterns
-        rows, sub, codes, counts, names = (
-            x[keep] for x in (rows, sub, codes, counts, names)
+    rows, sub, codes, counts = _significant_masks(values, k, rules.mode)
+    which, rows = np.divmod(rows, n_rows)  # list, neuron
+    source = np.array([_SOURCES.index(name) for name, _ in lists])[which]
+    if rules.op == "/":  # ÷ keeps result values, not result patterns
+        keep = (source != _SOURCES.index("result")) | (_CODE_MASK[codes] == _FULL_MASK)
+        rows, sub, codes, counts, which, source = (
+            x[keep] for x in (rows, sub, codes, counts, which, source)
         )
-    section = rules.sections[f"{source}_bottom" if bottom else source]
-    return _Found(rows, section * _SECTION + sub, names, counts / k)
+    section = np.array(
+        [rules.sections[f"{name}_bottom" if bottom else name] for name, bottom in lists]
+    )[which]
+    return _Found(
+        rows, section * _SECTION + sub, source * _CODE_SPAN + codes, counts / k
+    )
 
 
 def _significant_masks(
@@ -1116,6 +1590,11 @@ def _significant_masks(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The official `most_significant_wildcard_patterns(values, k // 10, 5)` of every row,
     minus the range-like masks.
+
+    Each row's list holds, value by value, the 7 wildcard codes of the value; every code's
+    count and first place (the official dict's insertion order) come from `_code_runs` or,
+    for long lists, `_code_table`. The significant codes of a row are then ranked by one key
+    (more occurrences, more fixed digits, seen first) and the first 5 kept.
 
     Arguments:
         values: int [row, k] values in list order.
@@ -1125,31 +1604,78 @@ def _significant_masks(
     Returns:
         `(row, sub, code, count)` of every kept mask, `sub` its place in the row's list.
     """
-    n_rows = values.shape[0]
-    codes = _WILDCARD_CODES[values]  # [row, k, mask]
-    per_row = codes[0].size
-    flat = (codes.reshape(n_rows, -1) + _CODE_SPAN * np.arange(n_rows)[:, None]).ravel()
-    all_counts = np.bincount(flat, minlength=n_rows * _CODE_SPAN)
-    keys = np.flatnonzero(all_counts >= max(k // 10, 1))
-    seen = np.full(all_counts.size, per_row)  # first-seen position in the row's list
-    np.minimum.at(seen, flat, np.tile(np.arange(per_row), n_rows))
-    rows, code = keys // _CODE_SPAN, keys % _CODE_SPAN
-    counts, first = all_counts[keys], seen[keys]
+    n_rows, length = values.shape
+    width = length * len(_MASKS)  # list places per row
+    if n_rows == 0 or width == 0:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty, empty
+    codes = _WILDCARD_CODES[values].reshape(n_rows, width)  # int32
+    counted = _code_table if width >= _CODE_SPAN else _code_runs
+    rows, code, count, first = counted(codes, max(k // 10, 1))
     mask = _CODE_MASK[code]
-    keep = np.ones(keys.size, bool)
-    range_like = ((mask & 1) == 1) & ((mask & 4) == 0)  # "1.." and "12."
     if mode == "clean":
-        keep &= ~range_like
-    rows, code, counts, first, mask = (
-        x[keep] for x in (rows, code, counts, first, mask)
-    )
-    order = np.lexsort((first, -_FIXED_DIGITS[mask], -counts, rows))
-    rows, code, counts, mask = rows[order], code[order], counts[order], mask[order]
-    place = np.arange(rows.size) - np.searchsorted(rows, rows)
-    keep = place < PATTERNS_KEPT
+        keep = ~_range_like(mask)
+        rows, count, first, mask = rows[keep], count[keep], first[keep], mask[keep]
+    # Rank within the row: more occurrences, then more fixed digits, then seen first.
+    rank = ((length - count) * 4 + (3 - _FIXED_DIGITS[mask])) * width + first
+    per_row = np.bincount(rows, minlength=n_rows)
+    slot = np.arange(rows.size) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+    ranked = np.full((n_rows, max(int(per_row.max()), 1)), np.iinfo(np.int64).max)
+    ranked[rows, slot] = rank
+    if ranked.shape[1] > PATTERNS_KEPT:
+        ranked = np.partition(ranked, PATTERNS_KEPT - 1, axis=1)[:, :PATTERNS_KEPT]
+    ranked.sort(axis=1)
+    rows, sub = np.nonzero(ranked < np.iinfo(np.int64).max)
+    rank = ranked[rows, sub]
+    code = codes[rows, rank % width]  # the code at its first place
+    count = length - rank // width // 4
     if mode == "parity":
-        keep &= ~(((mask & 1) == 1) & ((mask & 4) == 0))
-    return rows[keep], place[keep], code[keep], counts[keep]
+        keep = ~_range_like(_CODE_MASK[code])
+        rows, sub, code, count = rows[keep], sub[keep], code[keep], count[keep]
+    return rows, sub, code, count
+
+
+def _code_runs(
+    codes: np.ndarray, least: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`(row, code, count, first place)` of every code seen at least `least` times in its
+    row of `codes` [row, place]: sorting (code, place) keys per row makes every code a run
+    whose length is its count and whose first key holds its first place."""
+    width = codes.shape[1]
+    keys = codes * np.int32(width)  # < 1330 * 7 * 999: int32
+    keys += np.arange(width, dtype=np.int32)
+    keys.sort(axis=1)
+    keys = keys.reshape(-1)
+    code = keys // np.int32(width)
+    run = np.ones(code.size, bool)
+    np.not_equal(code[1:], code[:-1], out=run[1:])
+    run[::width] = True  # every row starts a run
+    start = np.flatnonzero(run)
+    count = np.diff(start, append=code.size)
+    keep = count >= least
+    start, count = start[keep], count[keep]
+    first = (keys[start] - code[start] * np.int32(width)).astype(np.int64)
+    return start // width, code[start].astype(np.int64), count, first
+
+
+def _code_table(
+    codes: np.ndarray, least: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`_code_runs` for long lists: one [row, code] table of counts (a bincount) and of
+    first places (a minimum over the list)."""
+    n_rows, width = codes.shape
+    flat = (codes + (np.arange(n_rows) * _CODE_SPAN)[:, None]).reshape(-1)
+    counts = np.bincount(flat, minlength=n_rows * _CODE_SPAN)
+    first = np.full(counts.size, width)
+    np.minimum.at(first, flat, np.tile(np.arange(width), n_rows))
+    found = np.flatnonzero(counts >= least)
+    rows, code = np.divmod(found, _CODE_SPAN)
+    return rows, code, counts[found], first[found]
+
+
+def _range_like(mask: np.ndarray) -> np.ndarray:
+    """The masks "1.." and "12." (the official code leaves them to the range heuristics)."""
+    return ((mask & 1) == 1) & ((mask & 4) == 0)
 
 
 _CODE_NAME_CACHE: dict[str, np.ndarray] = {}
@@ -1171,6 +1697,13 @@ def _code_names(source: str) -> np.ndarray:
     return _CODE_NAME_CACHE[source]
 
 
+def _pattern_id(name: str) -> int:
+    """The name id of a discovered pattern or value name (see `_found_name`)."""
+    source = name.split("_", 1)[0]
+    code = _code_names(source).tolist().index(name)
+    return _SOURCES.index(source) * _CODE_SPAN + code
+
+
 def _multi_values(order: np.ndarray, rules: _Rules) -> _Found:
     """÷: the smallest q whose q most frequent top-1000 results hold >= 95 % of them."""
     part = order[:, :MULTI_VALUE_TOP]
@@ -1179,7 +1712,8 @@ def _multi_values(order: np.ndarray, rules: _Rules) -> _Found:
     keys = rules.values["result"][part] + bins * np.arange(n_rows)[:, None]
     hist = np.bincount(keys.ravel(), minlength=n_rows * bins).reshape(n_rows, bins)
     by_count = np.argsort(-hist, axis=1, kind="stable")  # ties: smaller result first
-    top = np.take_along_axis(hist, by_count[:, : max(MULTI_VALUE_SIZES)], axis=1)
+    most = max(MULTI_VALUE_SIZES)
+    top = np.take_along_axis(hist, by_count[:, :most], axis=1)
     if rules.mode == "parity":  # torch: float32 fractions, float32 sums, float32(0.95)
         fractions = top.astype(np.float32) / np.float32(total)
         mass = np.cumsum(fractions, axis=1, dtype=np.float32)
@@ -1193,22 +1727,34 @@ def _multi_values(order: np.ndarray, rules: _Rules) -> _Found:
     hit = reached[:, sizes - 1] & ~reached[:, sizes - 2]  # at most one q per row
     rows, which = np.nonzero(hit)
     qs = sizes[which]
-    names = np.array(
-        [
-            f"result_multi_value_{q}={sorted(by_count[r, :q].tolist())}"
-            for r, q in zip(rows.tolist(), qs.tolist(), strict=True)
-        ],
-        object,
+    # The q results, ascending, packed as (result + 1) digits: the name id of the set.
+    chosen = by_count[rows, :most] + 1
+    chosen[np.arange(most) >= qs[:, None]] = 0
+    chosen.sort(axis=1)  # the unused zeros first, then the results ascending
+    name_id = _MULTI_BASE + chosen @ (
+        np.int64(_MULTI_DIGIT) ** np.arange(most - 1, -1, -1)
     )
-    keep = ~np.isin(names, DIVISION_DROPPED) if names.size else np.zeros(0, bool)
+    keep = np.all(name_id[:, None] != _DROPPED_MULTI_IDS, axis=1)
     section = rules.sections["multi"]
-    rows, qs, names = rows[keep], qs[keep], names[keep]
+    rows, qs, name_id = rows[keep], qs[keep], name_id[keep]
     return _Found(
         rows,
         np.full(rows.size, section * _SECTION),
-        names,
+        name_id,
         scores[rows, qs - 1],
     )
+
+
+def _multi_id(name: str) -> int:
+    """The name id of `result_multi_value_q=[a, b, ...]` (see `_found_name`)."""
+    results = [int(x) for x in name.split("=")[1].strip("[]").split(",")]
+    packed = 0
+    for result in results:
+        packed = packed * _MULTI_DIGIT + result + 1
+    return _MULTI_BASE + packed
+
+
+_DROPPED_MULTI_IDS = np.array([_multi_id(n) for n in DIVISION_DROPPED if "multi" in n])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1227,60 +1773,57 @@ def _assemble(
 
     Names come in the order of their first entry (the official insertion order); within a
     name, entries by neuron and then by place in the neuron's emission order. A fixed name
-    has exactly one entry per neuron, so its block is the neurons in order; only the few
-    discovered entries are sorted. Every entry is written straight to its final place.
+    has exactly one entry per neuron, so its block is the neurons in order, and the fixed
+    names come in layout order, interleaved only with the discovered names first seen on
+    neuron 0: they are copied run by run from `fixed` [name, row]. Only the few discovered
+    entries are sorted.
     """
+    notes: tuple[str, ...] = ()
+    if rules.op == "*":
+        notes = _zero_cancelled(layout, fixed, found, rules.mode)
     n_fixed = len(layout.names)
-    found_names, found_ids = np.unique(found.name.astype(str), return_inverse=True)
-    found_ids = found_ids.reshape(-1) + n_fixed
-    names = np.array(list(layout.names) + found_names.tolist(), object)
-    neuron_span = layout.n_sections * _SECTION
-    found_key = found.key + found.neuron * neuron_span
+    found_ids, found_index = np.unique(found.name_id, return_inverse=True)
+    found_index = found_index.reshape(-1) + n_fixed
+    n_names = n_fixed + found_ids.size
+    found_key = found.key + found.neuron * (layout.n_sections * _SECTION)
     # Found entries sorted by (name, key): each name's entries are then contiguous.
-    by_name = np.lexsort((found_key, found_ids))
-    f_ids, f_key = found_ids[by_name], found_key[by_name]
-    f_first = np.r_[True, f_ids[1:] != f_ids[:-1]] if f_ids.size else f_ids.astype(bool)
-    first = np.empty(names.size, np.int64)
+    by_name = np.lexsort((found_key, found_index))
+    f_index, f_key = found_index[by_name], found_key[by_name]
+    f_first = np.r_[True, f_index[1:] != f_index[:-1]] if f_index.size else f_index > 0
+    first = np.empty(n_names, np.int64)
     first[:n_fixed] = (
         layout.name_keys
     )  # neuron 0's entry (or, without rows, layout order)
-    first[f_ids[f_first]] = f_key[f_first]
-    by_first = np.argsort(first, kind="stable")
-    position = np.empty(names.size, np.int64)
-    position[by_first] = np.arange(names.size)
-    sizes = np.bincount(found_ids, minlength=names.size)
+    first[f_index[f_first]] = f_key[f_first]
+    by_first = np.argsort(first, kind="stable")  # block order: the official name order
+    sizes = np.bincount(found_index, minlength=n_names)
     sizes[:n_fixed] = n_rows
-    start = np.zeros(names.size, np.int64)
-    start[by_first] = np.cumsum(sizes[by_first]) - sizes[by_first]
+    block_sizes = sizes[by_first]
+    block_start = np.cumsum(block_sizes) - block_sizes
+    start = np.empty(n_names, np.int64)
+    start[by_first] = block_start
     total = int(sizes.sum())
-    name_index = np.empty(total, np.int64)
+    name_index = np.repeat(np.arange(n_names), block_sizes)
     neuron = np.empty(total, np.int64)
-    key = np.empty(total, np.int64)
     score = np.empty(total, np.float64)
-    rows = np.arange(n_rows)[:, None]
-    at = start[:n_fixed] + rows  # [row, fixed name] -> place
-    name_index[at] = position[:n_fixed]
-    neuron[at] = rows
-    key[at] = layout.name_keys + rows * neuron_span
-    score[at] = fixed
-    rank = np.arange(f_ids.size) - np.searchsorted(f_ids, f_ids)
-    at = start[f_ids] + rank
-    name_index[at] = position[f_ids]
+    is_fixed = np.r_[False, by_first < n_fixed, False]
+    edges = np.flatnonzero(is_fixed[1:] != is_fixed[:-1]).reshape(-1, 2)
+    for lo, hi in edges.tolist():  # runs of consecutive fixed names
+        name, count = int(by_first[lo]), hi - lo
+        at = slice(int(block_start[lo]), int(block_start[lo]) + count * n_rows)
+        score[at] = fixed[name : name + count].ravel()
+        neuron[at].reshape(count, n_rows)[:] = np.arange(n_rows)
+    rank = np.arange(f_index.size) - np.searchsorted(f_index, f_index)
+    at = start[f_index] + rank
     neuron[at] = found.neuron[by_name]
-    key[at] = f_key
     score[at] = found.score[by_name]
-    names = names[by_first]
-    notes: tuple[str, ...] = ()
-    if rules.op == "*":
-        notes = _zero_cancelled(
-            names, name_index, neuron, key, score, n_rows, rules.mode
-        )
+    all_names = list(layout.names) + [_found_name(i) for i in found_ids.tolist()]
     return Classification(
         op=rules.op,
         kind=kind,
         mode=rules.mode,
         n_neurons=n_rows,
-        names=tuple(names.tolist()),
+        names=tuple(all_names[i] for i in by_first.tolist()),
         name_index=name_index,
         neuron=neuron,
         score=score,
@@ -1289,34 +1832,35 @@ def _assemble(
 
 
 def _zero_cancelled(
-    names: np.ndarray,
-    name_id: np.ndarray,
-    neuron: np.ndarray,
-    key: np.ndarray,
-    score: np.ndarray,
-    n_rows: int,
-    mode: str,
+    layout: _Layout, fixed: np.ndarray, found: _Found, mode: str
 ) -> tuple[str, ...]:
-    """× post-processing, in place on `score`: for neurons whose `result_value_000` score is
-    1, zero their zero-related mods and patterns (parity: only the first entry per list)."""
-    index = {name: i for i, name in enumerate(names.tolist())}
-    if "result_value_000" not in index:
+    """× post-processing, in place on `fixed` [name, row] and `found.score`: for neurons
+    whose `result_value_000` score is 1, zero their zero-related mods and patterns (parity:
+    only the neuron's first entry per name, i.e. its top-ordering pattern entry)."""
+    value_000 = found.name_id == _pattern_id("result_value_000")
+    if not value_000.any():
         if mode == "parity":
             return (
                 "x post-processing: no neuron has a result_value_000 entry; the official "
                 "classifier raises KeyError('result_value_000') here (treated as a no-op)",
             )
         return ()
-    value_000 = (name_id == index["result_value_000"]) & (score == 1.0)
-    zeroed = np.zeros(n_rows, bool)
-    zeroed[neuron[value_000]] = True
-    cancel = np.array([index[n] for n in ZERO_CANCELLED if n in index])
-    hits = np.flatnonzero(np.isin(name_id, cancel) & zeroed[neuron])
+    zeroed = np.unique(found.neuron[value_000 & (found.score == 1.0)])
+    columns = [i for i, name in enumerate(layout.names) if name in ZERO_CANCELLED]
+    fixed[np.ix_(columns, zeroed)] = 0.0  # one entry per neuron
+    patterns = [_pattern_id(name) for name in ZERO_CANCELLED if "pattern" in name]
+    hits = np.flatnonzero(
+        np.isin(found.name_id, patterns) & np.isin(found.neuron, zeroed)
+    )
     if mode == "parity":  # `list.index`: the neuron's first entry in each list only
-        hits = hits[np.lexsort((key[hits], name_id[hits]))]
-        group = name_id[hits] * n_rows + neuron[hits]
+        hits = hits[
+            np.lexsort((found.key[hits], found.neuron[hits], found.name_id[hits]))
+        ]
+        group = (
+            found.name_id[hits] * (found.neuron.max(initial=0) + 1) + found.neuron[hits]
+        )
         hits = hits[np.r_[True, group[1:] != group[:-1]]] if hits.size else hits
-    score[hits] = 0.0
+    found.score[hits] = 0.0
     return ()
 
 
