@@ -66,7 +66,7 @@ def prompts_stage(ctx: Context):
             ("filtered", filtered),
         ):
             arrays[f"{op_key(op)}_{name}"] = np.array([index[p] for p in sets[op]])
-    total = sum(summary["n_legal"].values())
+    total = sum(summary["n_measured"].values())
     summary["accuracy_weighted"] = (
         sum(summary["n_correct"].values()) / total if total else float("nan")
     )
