@@ -180,3 +180,20 @@ def _raw(task, p: Prompt) -> np.ndarray:
         ],
         axis=1,
     )
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(model="gpt2"), "runs on"),
+        (dict(model=SMOL, checkpoints=False), "set op_digits"),
+        (dict(model=SMOL, op_digits=(1, 1)), "checkpoints ship for arith-neox only"),
+        (dict(few_shot="1 + 1 = 2\n"), "one token per number"),
+        (dict(template="spaced"), "one token per number"),
+        (dict(n_prompts=0), "n_prompts must be positive"),
+        (dict(mean_stride=0), "mean_stride must be positive"),
+    ],
+)
+def test_config_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        pipeline.Config(**kwargs)

@@ -209,6 +209,11 @@ class Config:
             raise ValueError(f"n_prompts must be positive, got {self.n_prompts}")
         if self.mean_stride < 1:
             raise ValueError(f"mean_stride must be positive, got {self.mean_stride}")
+        if self.model not in MODEL_DEFAULTS:
+            raise ValueError(
+                f"the arithmetic pipeline runs on {sorted(MODEL_DEFAULTS)}, not "
+                f"{self.model!r}"
+            )
         single = self.model == SINGLE_TOKEN_MODEL
         if single and (
             self.op_digits is not None

@@ -138,8 +138,7 @@ class DigitTask:
                 self.few_shot + text + " " * (self.template == "spaced") + answer
             )
             prefix = self._encode(self.few_shot)
-            head = self._encode(self.few_shot + text.split(a, 1)[0])
-            if head != prefix:
+            if whole[: len(prefix)] != prefix:
                 raise ValueError(f"few_shot text merges with the prompt {text!r}")
             rest = whole[len(prefix) :]
             digits = self._digit_ids
