@@ -252,7 +252,7 @@ class TextTokenizer:
             tokens[i, at], mask[i, at] = ids, 1
         return tokens, mask
 
-    def decode(self, ids: Iterable[int]) -> str:
+    def decode(self, ids: Iterable[int] | np.ndarray) -> str:
         """The text of `ids`, special tokens included verbatim.
 
         Arguments:

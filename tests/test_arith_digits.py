@@ -112,7 +112,7 @@ def test_correctness_is_greedy_decoding(smol):
     for p, first, good in zip(prompts, pred, ok, strict=True):
         question = task.tokens([p])[0]
         out = greedy(model, question[: len(question) - forced], 5)
-        text = tokenizer.decode(out.tolist())
+        text = tokenizer.decode(out)
         written = text[1:] if text.startswith(" ") else None
         digits = "".join(itertools.takewhile(str.isdigit, written or ""))
         assert good == (written is not None and digits == str(p.result)), (p.text, text)

@@ -71,6 +71,7 @@ def test_decode_round_trips_bytes(tiny):
     tt = TextTokenizer.from_gguf(tiny)
     for text in ["hello 123\n", "café ☃ 😀", "<|im_start|>x<tool>"]:
         assert tt.decode(tt.encode(text)) == text
+        assert tt.decode(np.asarray(tt.encode(text), np.int32)) == text  # arrays too
 
 
 def test_qwen2_applies_nfc_and_smollm_does_not(tmp_path):
