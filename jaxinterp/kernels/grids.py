@@ -234,7 +234,7 @@ def operand_grid(
         )
     if not a_tokens.size * b_tokens.size:
         raise ValueError(
-            f"a_tokens and b_tokens must not be empty, got shapes {a_tokens.shape} and "
+            f"a_tokens and b_tokens must be non-empty, got shapes {a_tokens.shape} and "
             f"{b_tokens.shape}"
         )
     operands = [t.tolist() for t in (a_tokens, b_tokens)]  # the fingerprint's
