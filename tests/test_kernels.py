@@ -300,6 +300,30 @@ def test_ablation_sweep_heads_and_neurons_per_prompt(setup):
             assert close(got[i, s], logits[answer[i]])
 
 
+@configs(TWO)
+def test_ablation_sweep_over_stacked_checkpoints(setup):
+    """Models stacked on a leading axis run the same prompts and sets in one program,
+    each giving its own results (`[checkpoint, prompt, set]`)."""
+    model, clean, _, answer, _ = setup
+    cfg = model.cfg
+    other = jax.tree.map(lambda a: a * 0.9 if eqx.is_inexact_array(a) else a, model)
+    models = jax.tree.map(lambda *a: jnp.stack(a), model, other)
+    masks = np.random.default_rng(7).random((3, cfg.n_layers, cfg.d_mlp)) < 0.3
+    kw = dict(
+        metric=metrics.target_logit,
+        metric_args=(answer,),
+        positions="all",
+        batch_size=3,
+        progress_bar=False,
+    )
+    got = ablate.ablation_sweep(models, clean, masks, stacked=True, **kw)
+    each = [ablate.ablation_sweep(m, clean, masks, **kw) for m in (model, other)]
+    assert got.shape == (2, N_PROMPT, 3)
+    assert close(got, np.stack(each))
+    with pytest.raises(ValueError, match="stacked on a leading axis"):
+        ablate.ablation_sweep(model, clean, masks, stacked=True, **kw)
+
+
 @configs(ONE)
 def test_ablation_sweep_components(setup):
     model, clean, corrupt, answer, wrong = setup

@@ -74,7 +74,8 @@ def ablation_sweep(
     answer_pos: Int[ArrayLike, " prompt"] | None = None,
     batch_size: int = 32,
     progress_bar: bool = True,
-) -> PyTree[Shaped[Array, "prompt set ..."]]:
+    stacked: bool = False,
+) -> PyTree[Shaped[Array, "..."]]:
     """Metric of every prompt with every set of units ablated.
 
     Arguments:
@@ -100,9 +101,13 @@ def ablation_sweep(
         answer_pos: `[prompt]` positions the metric reads (default: last real token).
         batch_size: prompts per device call (each runs every set).
         progress_bar: tqdm over prompt batches.
+        stacked: `model` is several models of one architecture stacked on a leading
+            axis of every array (e.g. training checkpoints); all run the same prompts and
+            sets in one program, vmapped over that axis.
 
     Returns:
-        The metric's output with leading axes `[prompt, set]`.
+        The metric's output with leading axes `[prompt, set]` (`[checkpoint, prompt,
+        set]` with `stacked`).
     """
     cfg = model.cfg
     batch = {"prompt": prompts(cfg, tokens, attention_mask, answer_pos)}
@@ -173,10 +178,34 @@ def ablation_sweep(
     shared = None if per_prompt else tuple(sliced)
 
     def chunk(batch):
-        return _ablate(
-            model, batch, shared_masks, shared, pos_mask, sites, L, p0, metric
-        )
+        args = (batch, shared_masks, shared, pos_mask, sites, L, p0, metric)
+        if stacked:
+            return _ablate_stacked(model, *args)
+        return _ablate(model, *args)
 
+    if stacked:
+        _check_stacked(model)
     return stream(
-        chunk, batch, batch_size=batch_size, desc="ablate", progress_bar=progress_bar
+        chunk,
+        batch,
+        batch_size=batch_size,
+        desc="ablate",
+        progress_bar=progress_bar,
+        axis=int(stacked),
     )
+
+
+@eqx.filter_jit
+def _ablate_stacked(models, batch, masks, values, pos_mask, sites, L, p0, metric):
+    """`_ablate` of every model of a stack: `[checkpoint, prompt, set, ...]`."""
+    return eqx.filter_vmap(
+        lambda m: _ablate(m, batch, masks, values, pos_mask, sites, L, p0, metric)
+    )(models)
+
+
+def _check_stacked(model: Transformer) -> None:
+    if model.embed.W_E.ndim != 3:
+        raise ValueError(
+            "stacked=True needs models stacked on a leading axis; the embedding has "
+            f"shape {model.embed.W_E.shape}"
+        )
