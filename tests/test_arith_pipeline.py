@@ -243,7 +243,7 @@ def test_checkpoint_kmaps_in_one_grid_equal_one_grid_per_checkpoint(tiny_run):
         ]
     )
     K, KV, pairs = heuristics.kmaps(
-        ctx, checkpoints.stack(models), "+", neurons, models=models
+        ctx, checkpoints.stack(models), "+", neurons, stacked=True
     )
     for c, model in enumerate(models):
         k, kv, p = heuristics.kmaps(ctx, model, "+", neurons[c])

@@ -34,7 +34,6 @@ from .prompts import (
     OPERATORS,
     counterfactual_pairs,
     evaluation_sample,
-    legal_prompts,
     operand_range,
 )
 
@@ -151,7 +150,7 @@ def grid_means(
     """
     task, bs = ctx.task, ctx.config.batch_size
     if task.grid_template("+") is None:
-        prompts = [p for op in OPERATORS for p in _legal_any(ctx, op)]
+        prompts = [p for op in OPERATORS for p in ctx.legal(op)]
         means = mean_cache(model, ctx.tokens(prompts), MEAN_TAPS, progress_bar=False)
         return {
             key: np.asarray(means[t])
@@ -195,19 +194,6 @@ def grid_means(
         key: np.concatenate([np.asarray(early[t]), np.mean(late[t], 0)], axis=1)
         for key, t in zip(("z", "mlp"), MEAN_TAPS, strict=True)
     }
-
-
-def _legal_any(ctx: Context, op: str) -> list:
-    """Legal prompts of any operator (`ctx.legal` covers the analysed ones only)."""
-    if op in ctx.config.operators:
-        return ctx.legal(op)
-    return [
-        p
-        for p in legal_prompts(
-            op, max_single_token=ctx.task.max_answer, max_op=ctx.config.max_op
-        )
-        if ctx.task.admits(p)
-    ]
 
 
 def operand_values(ctx: Context, op: str, which: int) -> np.ndarray:

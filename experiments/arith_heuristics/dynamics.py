@@ -25,6 +25,7 @@ import numpy as np
 from experiments.arith_model import checkpoints
 from experiments.arith_model.train import answer_logits
 from jaxinterp.kernels.batching import stream
+from jaxinterp.kernels.sweep import stack_size
 
 from .circuit import circuit_heads, faithfulness, grid_means
 from .heuristics import classify_maps, kmaps, neuron_list
@@ -61,12 +62,12 @@ def _checkpoints(ctx: Context) -> tuple[list[int], list]:
     return [steps[i] for i in keep], [models[i] for i in keep]
 
 
-def _correct_sets(ctx: Context, ops: list[str], models: list) -> list[dict]:
+def _correct_sets(ctx: Context, ops: list[str], stacked) -> list[dict]:
     """Per checkpoint, op -> its correct prompts among a fixed sample of legal ones;
     every checkpoint in one program (vmapped over the stacked checkpoints)."""
-    stacked = checkpoints.stack(models)
+    n_models = stack_size(stacked)
     rng = np.random.default_rng(0)
-    out = [{} for _ in models]
+    out = [{} for _ in range(n_models)]
     for op in ops:
         legal = ctx.legal(op)
         n = min(ctx.config.dynamics_prompts, len(legal))
@@ -80,12 +81,12 @@ def _correct_sets(ctx: Context, ops: list[str], models: list) -> list[dict]:
             axis=1,
         )  # [checkpoint, prompt]
         ok = np.asarray(preds) == ctx.answers(sample)
-        for c in range(len(models)):
+        for c in range(n_models):
             out[c][op] = [p for p, hit in zip(sample, ok[c], strict=True) if hit]
     return out
 
 
-def _analyse(ctx: Context, models: list, correct: list[dict]) -> list[dict]:
+def _analyse(ctx: Context, models: list, stacked, correct: list[dict]) -> list[dict]:
     """Every checkpoint through the pipeline: filtered prompts, attribution and top
     neurons (per checkpoint), then per operator the K/KV maps of all checkpoints from one
     operand grid over the stacked checkpoints, and HYBRID labels (paper-spec §10)."""
@@ -108,10 +109,9 @@ def _analyse(ctx: Context, models: list, correct: list[dict]) -> list[dict]:
         runs.append(
             dict(filtered=filtered, top=top, labels={}, classified={}, correct=sets)
         )
-    stacked = checkpoints.stack(models)
     for i, op in enumerate(correct[0]):
         neurons = np.stack([neuron_list(ctx, run["top"][i]) for run in runs])
-        K, KV, pairs = kmaps(ctx, stacked, op, neurons, models=models)
+        K, KV, pairs = kmaps(ctx, stacked, op, neurons, stacked=True)
         for run, k, kv, own in zip(runs, K, KV, neurons, strict=True):
             run["labels"][op], run["classified"][op], _ = classify_maps(
                 ctx, op, k, kv, pairs, own, ctx.config.threshold
@@ -191,8 +191,9 @@ def dynamics_stage(ctx: Context):
             f"no operator of {cfg.ops!r} is in dynamics_ops {cfg.dynamics_ops!r}"
         )
     steps, models = _checkpoints(ctx)
-    correct = _correct_sets(ctx, ops, models)
-    runs = _analyse(ctx, models, correct)
+    stacked = checkpoints.stack(models)
+    correct = _correct_sets(ctx, ops, stacked)
+    runs = _analyse(ctx, models, stacked, correct)
     faith = np.full((len(steps), 2), np.nan)
     if "+" in ops:
         faith = _mutual_faithfulness(ctx, models, runs)

@@ -15,6 +15,7 @@ be run on them. The HYBRID labels (result heuristics from KV, the others from K)
 the `classify` stage's summary.
 """
 
+import jax
 import numpy as np
 
 from jaxinterp.kernels import neuron_logit_lens, operand_grid, stacked_activations
@@ -43,26 +44,26 @@ def important_neurons(ctx: Context, op: str) -> np.ndarray:
 
 
 def kmaps(
-    ctx: Context, model, op: str, neurons: np.ndarray, *, models: list | None = None
+    ctx: Context, model, op: str, neurons: np.ndarray, *, stacked: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`(K [neuron, pair], KV [neuron, pair], pairs [pair, 2])` of `neurons` (`[neuron,
     2]` layer, index, layer-major) over every legal pair of `op`; one operand grid for
     all layers (or, with teacher-forced answer digits, one forward per legal prompt).
 
-    With `models` (checkpoints of one architecture), `model` is their stack
+    With `stacked`, `model` is checkpoints of one architecture stacked on a leading axis
     (`checkpoints.stack`) and `neurons` is `[checkpoint, neuron, 2]`, each checkpoint's
     own neurons over the same layers: one operand grid runs every checkpoint, and K and
     KV get a leading checkpoint axis."""
     legal = ctx.legal(op)
     pairs = np.array([(p.op1, p.op2) for p in legal])
-    per_model = neurons if models is not None else neurons[None]
+    per_model = neurons if stacked else neurons[None]
     layers = sorted(set(per_model[0, :, 0].tolist()))
     unions = [np.unique(own[:, 1], return_inverse=True) for own in per_model]
     width = max(len(u) for u, _ in unions)  # pad with a repeated unit
     units = np.stack([np.pad(u, (0, width - len(u)), mode="edge") for u, _ in unions])
     template = ctx.task.grid_template(op)
     if template is None:
-        if models is not None:
+        if stacked:
             raise ValueError(
                 "checkpoint K maps need the operand grid (no answer_digit)"
             )
@@ -75,17 +76,17 @@ def kmaps(
             ctx.task.operand_tokens(ys),
             **template,
             layers=layers,
-            units=units if models is not None else units[0],
+            units=units if stacked else units[0],
             batch_size=8 * ctx.config.batch_size,
             progress_bar=ctx.progress,
-            stacked=models is not None,
+            stacked=stacked,
         )  # [(checkpoint,) a, b, layer, unit]
-        grid = grid if models is not None else grid[None]
+        grid = grid if stacked else grid[None]
         rows, cols = np.searchsorted(xs, pairs[:, 0]), np.searchsorted(ys, pairs[:, 1])
         acts = grid[:, rows, cols]  # [checkpoint, pair, layer, unit]
-    K, KV = [], []
-    for c, m in enumerate(models if models is not None else [model]):
-        own, column = per_model[c], unions[c][1]
+    K, KV, answers = [], [], ctx.answers(legal)
+    for c, (own, (_, column)) in enumerate(zip(per_model, unions, strict=True)):
+        m = jax.tree.map(lambda a, c=c: a[c], model) if stacked else model
         k = acts[c][:, np.searchsorted(layers, own[:, 0]), column].T
         lens = np.concatenate(
             [
@@ -94,10 +95,10 @@ def kmaps(
             ]
         )  # [neuron, d_vocab]
         K.append(k.astype(np.float32))
-        KV.append((k * lens[:, ctx.answers(legal)]).astype(np.float32))
-    if models is None:
-        return K[0], KV[0], pairs
-    return np.stack(K), np.stack(KV), pairs
+        KV.append((k * lens[:, answers]).astype(np.float32))
+    if stacked:
+        return np.stack(K), np.stack(KV), pairs
+    return K[0], KV[0], pairs
 
 
 def _last_position(ctx: Context, model, prompts, layers, units) -> np.ndarray:

@@ -28,7 +28,7 @@ from ..edits import Replace
 from ..inputs import prompts
 from ..model import Transformer
 from .batching import stream
-from .sweep import EMBED, first_edited, site, start_at, sweep, unit_mask
+from .sweep import EMBED, first_edited, site, stack_size, start_at, sweep, unit_mask
 
 __all__ = ["ablation_sweep"]
 
@@ -184,7 +184,7 @@ def ablation_sweep(
         return _ablate(model, *args)
 
     if stacked:
-        _check_stacked(model)
+        stack_size(model)  # a clear error for a single model
     return stream(
         chunk,
         batch,
@@ -201,11 +201,3 @@ def _ablate_stacked(models, batch, masks, values, pos_mask, sites, L, p0, metric
     return eqx.filter_vmap(
         lambda m: _ablate(m, batch, masks, values, pos_mask, sites, L, p0, metric)
     )(models)
-
-
-def _check_stacked(model: Transformer) -> None:
-    if model.embed.W_E.ndim != 3:
-        raise ValueError(
-            "stacked=True needs models stacked on a leading axis; the embedding has "
-            f"shape {model.embed.W_E.shape}"
-        )

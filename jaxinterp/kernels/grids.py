@@ -36,7 +36,7 @@ from ..store import model_digest
 from ..taps import Taps, every_layer
 from .batching import pad_rows, progress
 from .run import run_cached
-from .sweep import site
+from .sweep import site, stack_size
 
 __all__ = ["operand_grid", "GridSpec"]
 
@@ -257,7 +257,7 @@ def operand_grid(
     if not where.stacked:
         raise ValueError(f"operand grids record block taps, not {tap!r}")
     tap, tail = where.key.split(".", 2)[2], where.tail
-    n_models = _n_models(model) if stacked else None
+    n_models = stack_size(model) if stacked else None
     units_arr, own_units = None, False
     if units is not None:
         units_arr = check_indices(units, tail[-1], "units")
@@ -387,14 +387,3 @@ def operand_grid(
         b=top_i % n_b,
     )
     return {key: np.moveaxis(v, 1, 0) for key, v in top.items()} if stacked else top
-
-
-def _n_models(model: Transformer) -> int:
-    """Number of models in a stack (the leading axis of the embedding)."""
-    shape = model.embed.W_E.shape
-    if len(shape) != 3:
-        raise ValueError(
-            f"stacked=True needs models stacked on a leading axis; the embedding has "
-            f"shape {shape}"
-        )
-    return shape[0]

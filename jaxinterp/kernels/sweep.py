@@ -101,6 +101,18 @@ class State(eqx.Module):
     kv: tuple[Array, Array] | None
 
 
+def stack_size(model: Transformer) -> int:
+    """Number of models in a stack (`stacked=True` of the kernels: every array with a
+    leading checkpoint axis); a ValueError for a single model."""
+    shape = model.embed.W_E.shape
+    if len(shape) != 3:
+        raise ValueError(
+            f"stacked=True needs models stacked on a leading axis; the embedding has "
+            f"shape {shape}"
+        )
+    return shape[0]
+
+
 def start_at(model: Transformer, prompt: Prompt, L: int, p0: int) -> State:
     """The shared start of every edit that touches nothing below layer `L` (`EMBED`: the
     embedding taps are edited) and nothing before position `p0`."""
