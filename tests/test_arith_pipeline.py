@@ -12,7 +12,7 @@ import pytest
 
 from experiments.arith_heuristics import circuit, knockouts, pipeline, probes
 from experiments.arith_heuristics.prompts import Prompt, counterfactual_pairs
-from experiments.arith_heuristics.rundir import RunDir
+from experiments.rundir import RunDir
 
 TINY = pipeline.Config(
     ops="+-",

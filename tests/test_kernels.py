@@ -324,6 +324,59 @@ def test_ablation_sweep_over_stacked_checkpoints(setup):
         ablate.ablation_sweep(model, clean, masks, stacked=True, **kw)
 
 
+@configs(TWO)
+def test_ablation_sweep_reads_every_position(setup):
+    """`read="all"`: the metric sees `[pos, d_vocab]` logits (a loss over padded texts)."""
+    model, clean, _, _, _ = setup
+    cfg = model.cfg
+    mask = np.ones((N_PROMPT, N_POS), np.int32)
+    mask[1, -2:] = 0  # right padding
+    mask[3, :1] = 0  # left padding
+    targets = np.roll(clean, -1, axis=1)
+    weights = (mask * np.roll(mask, -1, axis=1)).astype(np.float32)
+    weights[:, -1] = 0
+    heads = np.zeros((3, cfg.n_layers, cfg.n_heads), bool)
+    heads[0, 1, 0] = heads[1, 0, 1] = heads[2, 1, 2] = heads[2, 0, 0] = True
+    got = ablate.ablation_sweep(
+        model,
+        clean,
+        heads,
+        metric=metrics.sequence_loss,
+        metric_args=(targets, weights),
+        tap="attn.hook_z",
+        positions="all",
+        attention_mask=mask,
+        read="all",
+        batch_size=2,
+        progress_bar=False,
+    )
+    assert got.shape == (N_PROMPT, 3)
+    for s in range(3):
+        edits = {
+            f"blocks.{l}.attn.hook_z": Replace(
+                np.zeros((N_POS, cfg.n_heads, cfg.d_head), np.float32),
+                heads[s, l][None, :, None],
+            )
+            for l in range(cfg.n_layers)
+        }
+        logits, _ = run(model, clean, edits=edits, attention_mask=mask)
+        logp = np.asarray(jax.nn.log_softmax(logits))
+        nll = -np.take_along_axis(logp, targets[..., None], -1)[..., 0]
+        want = (nll * weights).sum(1) / weights.sum(1)
+        assert close(got[:, s], want)
+    with pytest.raises(ValueError, match="answer_pos"):
+        ablate.ablation_sweep(
+            model,
+            clean,
+            heads,
+            metric=metrics.sequence_loss,
+            metric_args=(targets, weights),
+            tap="attn.hook_z",
+            read="all",
+            answer_pos=np.zeros(N_PROMPT, int),
+        )
+
+
 @configs(ONE)
 def test_ablation_sweep_components(setup):
     model, clean, corrupt, answer, wrong = setup

@@ -23,7 +23,6 @@ teacher-forced, a later one). `MODEL_DEFAULTS` holds each model's settings.
 import dataclasses
 import functools
 import pathlib
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -32,9 +31,9 @@ import converters
 from jaxinterp.model import Transformer
 from jaxinterp.store import model_digest
 
+from ..rundir import RunDir, run_stages
 from . import arith_tokenizer as tok
 from .prompts import OPERATOR_NAMES, OPERATORS, Prompt, legal_prompts
-from .rundir import RunDir
 from .task import DigitTask, SingleTokenTask
 
 MODES = ("parity", "clean")
@@ -407,19 +406,10 @@ def run(
     )
     rundir = RunDir(out, identity, overwrite=overwrite)
     ctx = Context(config, model, rundir, progress)
-    for name, stage in stages():
-        if only is not None and name not in only:
-            continue
-        if name == "dynamics" and not config.checkpoints:
-            continue
-        if rundir.done(name):
-            if progress:
-                print(f"[{name}] done before, kept")
-            continue
-        t0 = time.perf_counter()
-        arrays, summary = stage(ctx)
-        summary["seconds"] = round(time.perf_counter() - t0, 1)
-        rundir.save(name, arrays, summary)
-        if progress:
-            print(f"[{name}] {summary['seconds']} s")
+    chosen = [
+        (name, stage)
+        for name, stage in stages()
+        if (only is None or name in only) and (name != "dynamics" or config.checkpoints)
+    ]
+    run_stages(rundir, chosen, ctx, progress)
     return report.write(ctx)

@@ -2,9 +2,7 @@
 and what this model shows. Figures are matplotlib PNGs embedded in one self-contained file.
 """
 
-import base64
 import html
-import io
 import json
 import pathlib
 
@@ -14,47 +12,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..html_report import html_section, html_table, png, write_page  # noqa: E402
 from .heuristics import labels_of  # noqa: E402
 from .pipeline import MODE_DIFFERENCES, Context, op_key, stages  # noqa: E402
-
-STYLE = """
-body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222 }
-h1 { font-size: 1.6em } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em }
-table { border-collapse: collapse; margin: .6em 0 } td, th { border: 1px solid #ccc;
-padding: .25em .6em; text-align: right } th { background: #f3f3f3 }
-.claim { background: #f7f7ff; border-left: 4px solid #88a; padding: .4em .8em; margin: .6em 0 }
-.ours { background: #f7fff7; border-left: 4px solid #8a8; padding: .4em .8em; margin: .6em 0 }
-img { max-width: 100%; }
-"""
-
-
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return (
-        f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
-    )
-
-
-def _table(header: list[str], rows: list[list]) -> str:
-    def cell(v):
-        if isinstance(v, float):
-            return f"{v:.3g}"
-        return html.escape(str(v))
-
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows
-    )
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _section(title: str, claim: str, ours: str, *parts: str) -> str:
-    return (
-        f"<h2>{html.escape(title)}</h2><div class='claim'><b>Paper:</b> {claim}</div>"
-        f"<div class='ours'><b>This model:</b> {ours}</div>" + "".join(parts)
-    )
 
 
 def _patching(ctx: Context) -> str:
@@ -91,7 +51,7 @@ def _patching(ctx: Context) -> str:
             ax.set_ylabel("layer")
             ax.set_title(f"{op}  {label}", fontsize=9)
             fig.colorbar(im, ax=ax, shrink=0.8)
-        figs.append(_png(fig))
+        figs.append(png(fig))
     circuit = ctx.get("circuit")[1]
     rows = [
         [
@@ -118,8 +78,8 @@ def _patching(ctx: Context) -> str:
     ax.set_xlabel("top heads kept (all MLPs kept)")
     ax.set_ylabel("faithfulness")
     ax.legend()
-    curves.append(_png(fig))
-    return _section(
+    curves.append(png(fig))
+    return html_section(
         "1. Circuit discovery (activation patching) and faithfulness",
         "A sparse set of heads (6 for + on Llama3-8B) plus all MLPs recovers ~96% of the "
         "model's normalised-logit performance; MLPs at the last position dominate; Eq. 1 "
@@ -128,7 +88,7 @@ def _patching(ctx: Context) -> str:
         + " Heatmaps: heads (H) patched at the last position, MLPs at each position of "
         f"the question (M:{', M:'.join(ctx.task.position_names)}); mean over seeds and "
         "prompts.",
-        _table(["op", "heads in circuit", "faithfulness", "prompts dropped"], rows),
+        html_table(["op", "heads in circuit", "faithfulness", "prompts dropped"], rows),
         *figs,
         *curves,
     )
@@ -154,7 +114,7 @@ def _neurons(ctx: Context) -> str:
     ax.legend()
     check = attr["attribution_vs_exact"]
     rows = [[op, topk["faithfulness_at_1.5%"][op], topk["k_for_0.9"][op]] for op in ops]
-    iou = _table(
+    iou = html_table(
         ["operators", "IoU of top neurons"],
         [[k, v] for k, v in attr["overlap_iou"].items()],
     )
@@ -174,13 +134,13 @@ def _neurons(ctx: Context) -> str:
         f"(prompt, neuron), {check['pearson_mean']:.2f} over neuron means, Spearman "
         f"{check['spearman_mean']:.2f}."
     )
-    return _section(
+    return html_section(
         "2. Important neurons (attribution patching)",
         "About 1.5% of neurons per layer (200 of 14336) suffice for high faithfulness; "
         "operators share a part of their top neurons.",
         ours,
-        _table(["op", "faithfulness at 1.5%", "k per layer for 0.9"], rows),
-        _png(fig),
+        html_table(["op", "faithfulness at 1.5%", "k per layer for 0.9"], rows),
+        png(fig),
         iou,
     )
 
@@ -246,15 +206,17 @@ def _heuristics(ctx: Context) -> str:
             )
             ax.set_xlabel("op2")
             ax.set_ylabel("op1")
-        parts.append(_png(fig))
-    return _section(
+        parts.append(png(fig))
+    return html_section(
         "3. Heuristic neurons (K / KV maps, classification)",
         "91% of the top neurons of each operator implement at least one heuristic (score "
         ">= 0.6): operand / result ranges, modulos, patterns.",
         "Share of the important neurons with a HYBRID score >= "
         f"{ctx.config.threshold}, and the K maps of the most-labelled neurons:"
         + _span_caveat(ctx),
-        _table(["op", "neurons analysed", "classified", "heuristics", "types"], rows),
+        html_table(
+            ["op", "neurons analysed", "classified", "heuristics", "types"], rows
+        ),
         *parts,
     )
 
@@ -322,7 +284,7 @@ def _knockouts(ctx: Context) -> str:
         ax.set_ylim(-0.05, 1.05)
     axes[0, 0].set_ylabel("accuracy")
     axes[0, 0].legend(fontsize=7)
-    return _section(
+    return html_section(
         "4. Knockouts",
         "Ablating one heuristic type drops accuracy on related prompts by 29% on average "
         "and leaves unrelated prompts mostly intact; ablating a prompt's associated "
@@ -331,8 +293,8 @@ def _knockouts(ctx: Context) -> str:
         + f" Heuristic types with >= 10 neurons (threshold {summary['threshold']}), "
         "zero-ablated at every position; accuracy on related vs unrelated correct "
         "prompts (1.0 before ablation), and prompt-guided knockout curves:",
-        _table(["op", "heuristic types", "related acc.", "unrelated acc."], rows),
-        _png(fig),
+        html_table(["op", "heuristic types", "related acc.", "unrelated acc."], rows),
+        png(fig),
     )
 
 
@@ -375,14 +337,14 @@ def _failures(ctx: Context) -> str:
                 len(data[1]),
             ]
         )
-    return _section(
+    return html_section(
         "5. Correct vs incorrect prompts",
         "Incorrect prompts have as many or more associated heuristic neurons, but those "
         "give the correct answer less logit: failures come from insufficient "
         "heuristics, not missing ones (shown for addition).",
         _compare(rows, "the correct answer's logit from associated heuristic neurons")
         + " Means over the correct (discovery) and incorrect prompts:",
-        _table(
+        html_table(
             [
                 "op",
                 "contribution (correct)",
@@ -393,7 +355,7 @@ def _failures(ctx: Context) -> str:
             ],
             rows,
         ),
-        _png(fig),
+        png(fig),
     )
 
 
@@ -411,7 +373,7 @@ def _probes(ctx: Context) -> str:
     ax.set_xlabel("layer")
     ax.set_ylabel("probe test accuracy")
     ax.legend(fontsize=7)
-    return _section(
+    return html_section(
         "6. Linear probes for the answer",
         "The answer is linearly decodable only at the last position, from the middle "
         "layers on.",
@@ -419,7 +381,7 @@ def _probes(ctx: Context) -> str:
         f"{acc[:, 1:].max():.2f}; always answering the most frequent test answer "
         f"scores {summary['majority_baseline']:.2f}. "
         f"Mean over operators, {summary['n_prompts']} prompts per operator; {labels}.",
-        _png(fig),
+        png(fig),
     )
 
 
@@ -453,13 +415,13 @@ def _dynamics(ctx: Context) -> str:
     axes[2].legend(fontsize=7)
     for ax in axes:
         ax.set_xlabel("training step")
-    return _section(
+    return html_section(
         "7. Training dynamics",
         "Heuristics appear early and are refined; the final model's heuristic neurons "
         "explain most of the faithfulness at earlier checkpoints (ratio 0.79); prompt "
         "knockout with 25 neurons per layer breaks the model at every checkpoint.",
         _dynamics_text(arrays, summary),
-        _png(fig),
+        png(fig),
     )
 
 
@@ -553,7 +515,7 @@ def write(ctx: Context) -> pathlib.Path:
         "<p>Reproduction of Nikankin et al. (2024) with jaxinterp's kernels. Each section "
         "puts the paper's claim (Llama3-8B) beside what this model shows.</p>",
         _prompt_format(ctx),
-        _table(["op", "legal prompts", "measured", "accuracy"], acc_rows),
+        html_table(["op", "legal prompts", "measured", "accuracy"], acc_rows),
         *(
             section(ctx)
             for section, needs in sections
@@ -566,18 +528,9 @@ def write(ctx: Context) -> pathlib.Path:
         )
         + "</ul>",
         "<h2>Stage times (s)</h2>",
-        _table(["stage", "seconds"], [[k, v] for k, v in stage_times.items()]),
+        html_table(["stage", "seconds"], [[k, v] for k, v in stage_times.items()]),
     ]
-    head = (
-        f"<meta charset='utf-8'><title>arithmetic report</title><style>{STYLE}</style>"
-    )
-    page = (
-        f"<!doctype html><html><head>{head}</head><body>{''.join(body)}</body></html>"
-    )
-    path = ctx.run.path / "report.html"
-    tmp = path.with_name("report.html.tmp")
-    tmp.write_text(page)
-    tmp.replace(path)
+    path = write_page(ctx.run.path / "report.html", "arithmetic report", body)
     (ctx.run.path / "summary.json").write_text(
         json.dumps(summary, indent=1, default=float)
     )

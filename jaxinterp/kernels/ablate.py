@@ -36,7 +36,7 @@ Positions = Literal["last", "all"] | Bool[ArrayLike, " pos"]
 
 
 @eqx.filter_jit
-def _ablate(model, batch, masks, values, pos_mask, sites, L, p0, metric):
+def _ablate(model, batch, masks, values, pos_mask, sites, L, p0, metric, read_all):
     def per_prompt(item):
         prompt, margs = item["prompt"], item["margs"]
         vals = item["values"] if "values" in item else values
@@ -45,6 +45,7 @@ def _ablate(model, batch, masks, values, pos_mask, sites, L, p0, metric):
         index = prompt.answer - p0
         last = jnp.arange(prompt.tokens.shape[0] - p0) == index
         hot = last if pos_mask is None else pos_mask
+        index = None if read_all else index
 
         def edits(mask):
             out = {}
@@ -72,6 +73,7 @@ def ablation_sweep(
     masks_per_prompt: bool = False,
     attention_mask: ArrayLike | None = None,
     answer_pos: Int[ArrayLike, " prompt"] | None = None,
+    read: Literal["answer", "all"] = "answer",
     batch_size: int = 32,
     progress_bar: bool = True,
     stacked: bool = False,
@@ -99,6 +101,11 @@ def ablation_sweep(
             *unit]`): each prompt runs its own sets (all prompts the same number).
         attention_mask: `[prompt, pos]`, 1 = token, 0 = padding.
         answer_pos: `[prompt]` positions the metric reads (default: last real token).
+        read: `"answer"`: the metric reads the logits `[d_vocab]` at the answer
+            position; `"all"`: the logits of every position, `[pos, d_vocab]` (e.g. a
+            loss over a whole text; padded positions hold finite, meaningless values,
+            so pass the mask in `metric_args` to drop them). Every position is then
+            unembedded and nothing before the first edited position is shared.
         batch_size: prompts per device call (each runs every set).
         progress_bar: tqdm over prompt batches.
         stacked: `model` is several models of one architecture stacked on a leading
@@ -140,6 +147,11 @@ def ablation_sweep(
     if len(n_sets) != 1:
         raise ValueError(f"every tap's masks must list the same sets: {sorted(n_sets)}")
     L = min(starts)
+    if read not in ("answer", "all"):
+        raise ValueError(f"read must be 'answer' or 'all': {read!r}")
+    read_all = read == "all"
+    if read_all and answer_pos is not None:
+        raise ValueError("answer_pos has no meaning with read='all'")
     if isinstance(positions, str):
         if positions not in ("last", "all"):
             raise ValueError(
@@ -152,6 +164,7 @@ def ablation_sweep(
         if pos_mask.shape != (n_pos,) or pos_mask.dtype != np.bool_:
             raise ValueError(f"position mask must be bool [{n_pos}]: {pos_mask.shape}")
         p0 = min(first_edited(pos_mask, 0), int(batch["prompt"].answer.min()))
+    p0 = 0 if read_all else p0
     per_prompt = None
     sliced = []
     for where, v in zip(sites, values, strict=True):
@@ -178,7 +191,7 @@ def ablation_sweep(
     shared = None if per_prompt else tuple(sliced)
 
     def chunk(batch):
-        args = (batch, shared_masks, shared, pos_mask, sites, L, p0, metric)
+        args = (batch, shared_masks, shared, pos_mask, sites, L, p0, metric, read_all)
         if stacked:
             return _ablate_stacked(model, *args)
         return _ablate(model, *args)
@@ -196,8 +209,6 @@ def ablation_sweep(
 
 
 @eqx.filter_jit
-def _ablate_stacked(models, batch, masks, values, pos_mask, sites, L, p0, metric):
+def _ablate_stacked(models, *args):
     """`_ablate` of every model of a stack: `[checkpoint, prompt, set, ...]`."""
-    return eqx.filter_vmap(
-        lambda m: _ablate(m, batch, masks, values, pos_mask, sites, L, p0, metric)
-    )(models)
+    return eqx.filter_vmap(lambda m: _ablate(m, *args))(models)

@@ -1,10 +1,12 @@
 """Metrics on the logits of one prompt at the answer position (unbatched; `vmap` them).
 
 Every kernel takes `metric(logits, *args)`: `logits` are the last-position logits
-`[d_vocab]` of one (edited) run and `args` are that prompt's slices of the kernel's
-`metric_args` (e.g. the answer token). A metric returns a scalar or any pytree of scalars
-(several metrics from one run: `lambda l, t: (target_logit(l, t), argmax(l))`). Kernels jit
-over the metric, so pass a module-level function (a new lambda per call recompiles).
+`[d_vocab]` of one (edited) run (`[pos, d_vocab]`, every position, for sequence metrics
+such as `sequence_loss` with `ablation_sweep(read="all")`) and `args` are that prompt's
+slices of the kernel's `metric_args` (e.g. the answer token). A metric returns a scalar or
+any pytree of scalars (several metrics from one run: `lambda l, t: (target_logit(l, t),
+argmax(l))`). Kernels jit over the metric, so pass a module-level function (a new lambda
+per call recompiles).
 
 Names and formulas follow the code of Nikankin et al. (2024), "Arithmetic Without
 Algorithms" (its `metrics.py`):
@@ -32,6 +34,7 @@ __all__ = [
     "indirect_effect",
     "indirect_effect_logits",
     "logit_and_argmax",
+    "sequence_loss",
 ]
 
 Logits = Float[ArrayLike, " d_vocab"]
@@ -124,3 +127,16 @@ def indirect_effect_logits(
 def logit_and_argmax(logits: Logits, target: Token) -> tuple[Scalar, Token]:
     """`(logits[target], argmax)`: target logit and prediction from one run."""
     return pick(logits, target), jnp.argmax(logits)
+
+
+def sequence_loss(
+    logits: Float[ArrayLike, "pos d_vocab"],
+    targets: Int[ArrayLike, " pos"],
+    weights: Float[ArrayLike, " pos"],
+) -> Scalar:
+    """Weighted mean next-token loss `-log P(targets[p])` over positions `p` (weight 0
+    drops a position: padding, or a part of the text not measured); NaN when every weight
+    is 0 or a target is not an id."""
+    nll = -jax.vmap(pick)(jax.nn.log_softmax(logits), targets)
+    weights = jnp.asarray(weights, nll.dtype)
+    return jnp.sum(jnp.where(weights > 0, nll * weights, 0.0)) / jnp.sum(weights)

@@ -147,17 +147,20 @@ def read(
     edits: dict[str, AbstractEdit],
     metric: Callable,
     metric_args: tuple,
-    index: Int[ArrayLike, ""],
+    index: Int[ArrayLike, ""] | None,
     capture: frozenset[str] = frozenset(),
 ):
     """Runs from `state` (layers `>= L`, or from the embedding when `L == EMBED`) with
     `edits`; returns `(metric(logits at position index of the state, *metric_args),
-    records)` with the `capture`d taps of that run."""
+    records)` with the `capture`d taps of that run. With `index=None` the metric reads
+    the logits of every position of the state, `[pos, d_vocab]`."""
     taps = Taps(model.cfg, capture, edits)
     x = state.x
     if L == EMBED:
         x = model.embed_tokens(state.tokens, state.span, taps)
     x = model.run_blocks(x, state.span, taps, max(L, 0), None, state.kv)
+    if index is None:
+        return metric(model.unembed_resid(x, taps), *metric_args), taps.records
     h = jax.lax.dynamic_index_in_dim(x, index, keepdims=True)
     return metric(model.unembed_resid(h, taps)[0], *metric_args), taps.records
 
@@ -170,7 +173,7 @@ def sweep(
     make_edits: Callable[..., dict[str, AbstractEdit]],
     metric: Callable,
     metric_args: tuple,
-    index: Int[ArrayLike, ""],
+    index: Int[ArrayLike, ""] | None,
 ):
     """`read` for every variant (a pytree with a leading axis), vmapped: the metric of
     each edit `make_edits(variant)`, with a leading `variant` axis."""

@@ -17,11 +17,13 @@ import json
 import os
 import pathlib
 import shutil
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["RunDir"]
+__all__ = ["RunDir", "run_stages"]
 
 
 def _digest(path: pathlib.Path) -> str:
@@ -98,3 +100,24 @@ class RunDir:
         _write_json(
             self.path / f"{stage}.json", dict(summary, arrays_sha256=_digest(path))
         )
+
+
+def run_stages(
+    rundir: RunDir,
+    stages: Sequence[tuple[str, Callable[[Any], tuple[dict, dict]]]],
+    ctx: Any,
+    progress: bool = True,
+) -> None:
+    """Runs each `(name, stage)` not yet done in `rundir`: `stage(ctx) -> (arrays,
+    summary)`, saved with its wall time in `summary["seconds"]`; finished stages are kept."""
+    for name, stage in stages:
+        if rundir.done(name):
+            if progress:
+                print(f"[{name}] done before, kept")
+            continue
+        t0 = time.perf_counter()
+        arrays, summary = stage(ctx)
+        summary["seconds"] = round(time.perf_counter() - t0, 1)
+        rundir.save(name, arrays, summary)
+        if progress:
+            print(f"[{name}] {summary['seconds']} s")
