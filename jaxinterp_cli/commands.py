@@ -244,6 +244,22 @@ def arithmetic(
     return 0
 
 
+def circuit(*, experiment: str, out: str | None, overwrite: bool, **fields) -> int:
+    """`jaxinterp lens | induction | ioi | probing`: one classic-circuit experiment."""
+    from experiments.circuits import common
+    from experiments.circuits.configs import CONFIGS
+
+    try:
+        config = CONFIGS[experiment](**fields)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    out = out or f"results/circuits/{Path(config.model).name}"
+    report = common.run_experiment(experiment, config, out, overwrite=overwrite)
+    print(f"summary: {Path(out) / experiment / 'summary.json'}")
+    print(f"report: {report}")
+    return 0
+
+
 def _tokenizer_files(src: str, kind: str, path: Path) -> dict[str, bytes]:
     """The tokenizer files to write next to a converted model; none when SRC has no
     tokenizer. A tokenizer that is there but unreadable is an error, not skipped."""

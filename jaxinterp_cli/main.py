@@ -7,6 +7,8 @@
     jaxinterp taps smollm2-135m "2 + 3 =" --tap blocks.5.mlp.hook_post
     jaxinterp demo                           # the tour on the default model
     jaxinterp arithmetic                     # the paper's pipeline on arith-neox, report
+    jaxinterp induction                      # classic circuits on SmolLM2 (also: lens,
+                                             #   ioi, probing), one report
 
 MODEL is a registry name, a `.gguf` file, an HF directory or an orbax store (see
 `converters.load`). Each command is a function of `jaxinterp_cli.commands` (`demo`:
@@ -337,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(command="arithmetic")
 
+    _circuit_parsers(sub, run_options)
+
     p = sub.add_parser(
         "demo",
         parents=[loading],
@@ -356,6 +360,72 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(command="demo")
     return parser
+
+
+CIRCUIT_HELP = {
+    "lens": "logit lens and direct logit attribution of one prompt, with a report",
+    "induction": "induction heads: scores on repeated random tokens, ablations, report",
+    "ioi": "indirect object identification: dataset, patching, circuit, report",
+    "probing": "sparse probing of MLP neurons for text features, ablations, report",
+}
+
+
+def _circuit_parsers(sub, run_options: argparse.ArgumentParser) -> None:
+    """One subcommand per classic-circuit experiment; its options are the fields of the
+    experiment's config (`experiments.circuits.configs`, which imports no JAX)."""
+    import dataclasses
+
+    from experiments.circuits.configs import CONFIGS
+
+    for name, kind in CONFIGS.items():
+        p = sub.add_parser(
+            name,
+            parents=[run_options],
+            help=CIRCUIT_HELP[name],
+            description=f"{CIRCUIT_HELP[name].capitalize()}. Stages are kept in "
+            f"OUT/{name} (a killed run resumes); writes OUT/{name}/summary.json and "
+            "OUT/report.html (every experiment run on the model).",
+        )
+        for field in dataclasses.fields(kind):
+            default = field.default
+            flag = "--" + field.name.replace("_", "-")
+            if isinstance(default, tuple):
+                p.add_argument(
+                    flag,
+                    type=_int_list,
+                    default=default,
+                    metavar="N,N,...",
+                    help=f"{field.metadata['help']} ({','.join(map(str, default))})",
+                )
+            else:
+                p.add_argument(
+                    flag,
+                    type=type(default),
+                    default=default,
+                    metavar=field.name.upper(),
+                    help=f"{field.metadata['help']} ({default!r})",
+                )
+        p.add_argument(
+            "--out",
+            default=None,
+            metavar="DIR",
+            help="results directory of the model (default results/circuits/MODEL)",
+        )
+        p.add_argument(
+            "--overwrite",
+            action="store_true",
+            help=f"replace OUT/{name} when it holds a run of another configuration",
+        )
+        p.set_defaults(command="circuit", experiment=name)
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected integers like 1,2,4, got {text!r}"
+        ) from None
 
 
 def _run_options(parser: argparse.ArgumentParser, default) -> None:

@@ -20,6 +20,7 @@ from jaxinterp.kernels import (
     ablate,
     attribution,
     grids,
+    heads,
     lens,
     means,
     metrics,
@@ -837,3 +838,59 @@ def test_operand_grid_over_stacked_checkpoints(setup, tmp_path):
         grids.operand_grid(
             models, a_tok, b_tok, units=own[:1].repeat(3, 0), stacked=True, **kw
         )
+
+
+# ------------------------------------------------------------------ head detectors
+
+
+def test_detection_patterns_of_a_repeated_sequence():
+    tokens = np.array([9, 5, 6, 7, 5, 6, 7])
+    want_induction = {(4, 2), (5, 3), (6, 4)}  # after the earlier 5, 6, 7
+    got = heads.detection_pattern(tokens, "induction")
+    assert set(zip(*np.nonzero(got), strict=True)) == want_induction
+    dup = heads.detection_pattern(tokens, "duplicate_token")
+    assert set(zip(*np.nonzero(dup), strict=True)) == {(4, 1), (5, 2), (6, 3)}
+    prev = heads.detection_pattern(tokens, "previous_token")
+    assert set(zip(*np.nonzero(prev), strict=True)) == {(q, q - 1) for q in range(1, 7)}
+    # left padding shifts nothing: the pattern sits on the real tokens
+    padded = heads.detection_pattern(
+        np.r_[0, 0, tokens], "induction", np.r_[0, 0, [1] * 7]
+    )
+    assert set(zip(*np.nonzero(padded), strict=True)) == {
+        (q + 2, k + 2) for q, k in want_induction
+    }
+    with pytest.raises(ValueError, match="unknown detector"):
+        heads.detection_pattern(tokens, "copy")
+
+
+@configs(TWO)
+def test_head_detector_matches_captured_patterns(setup):
+    model, clean, *_ = setup
+    cfg = model.cfg
+    tokens = np.concatenate([clean[:, :3], clean[:, :3]], axis=1)  # repeated halves
+    mask = np.ones(tokens.shape, np.int32)
+    mask[2, :1] = 0
+    custom = np.tril(np.ones((N_PROMPT, 6, 6), bool))
+    got = heads.head_detector(
+        model,
+        tokens,
+        attention_mask=mask,
+        patterns=custom,
+        batch_size=2,
+        progress_bar=False,
+    )
+    names = [f"blocks.{l}.attn.hook_pattern" for l in range(cfg.n_layers)]
+    _, cache = run(model, tokens, capture=names, attention_mask=mask)
+    pattern = np.stack([np.asarray(cache[n]) for n in names], 1)  # [p, l, h, q, k]
+    for kind in (*heads.DETECTORS, "custom"):
+        for i in range(N_PROMPT):
+            real = mask[i].astype(bool)
+            if kind == "custom":
+                target = custom[i] & real[:, None] & real[None, :]
+            else:
+                target = heads.detection_pattern(tokens[i], kind, real)
+            asked = target.any(1)
+            mass = (pattern[i] * target).sum(-1)  # [l, h, q]
+            want = mass[..., asked].mean(-1)
+            assert close(got[kind][i], want), kind
+    assert close(got["custom"], np.ones((N_PROMPT, cfg.n_layers, cfg.n_heads)))

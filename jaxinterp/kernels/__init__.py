@@ -12,7 +12,7 @@ Axis convention, followed by every kernel's result:
 * then the swept axes, in the order the kernel names them: `[set]` for ablation and path
   patching, `[layer, pos, head]` for activation patching (`[layer, pos]` without heads,
   `[pos]` for `hook_embed`), `[cell]` for `patch_cells`, `[layer, pos, *tap_tail]` for
-  attribution scores and activations, `[layer + 1, d_vocab]` for the logit lens;
+  attribution scores and activations, `[layer + 1, d_vocab]` for the logit lens, `[layer, head_index]` for head scores;
 * then whatever the metric returns for one prompt (nothing for a scalar metric).
 
 Results reduced over prompts (`mean_cache`) drop the `prompt` axis. Block taps carry a
@@ -27,6 +27,7 @@ from . import ablate as ablate
 from . import attribution as attribution
 from . import batching as batching
 from . import grids as grids
+from . import heads as heads
 from . import lens as lens
 from . import means as means
 from . import metrics as metrics
@@ -36,6 +37,7 @@ from .ablate import ablation_sweep as ablation_sweep
 from .attribution import attribution_patching as attribution_patching
 from .attribution import attribution_vs_exact as attribution_vs_exact
 from .grids import operand_grid as operand_grid
+from .heads import head_detector as head_detector
 from .lens import direct_logit_attribution as direct_logit_attribution
 from .lens import logit_lens as logit_lens
 from .lens import neuron_logit_lens as neuron_logit_lens

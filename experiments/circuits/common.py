@@ -1,0 +1,137 @@
+"""What every classic-circuit experiment shares: the model and tokenizer, a resumable run
+directory per experiment, and one report over all experiments run on a model.
+
+Layout of `out` (default `results/circuits/<model>`):
+
+    out/<experiment>/run.json, <stage>.npz, <stage>.json   (see `experiments.rundir`)
+    out/<experiment>/summary.json                          (the experiment's numbers)
+    out/report.html                                        (every finished experiment)
+
+An experiment's settings are a frozen dataclass of `configs` (with a `model` field); its
+module defines `STAGES` (`[(name, stage(ctx) -> (arrays, summary))]`), `summary(ctx) ->
+dict` (the numbers of `summary.json`) and `section(ctx) -> str` (its report section).
+"""
+
+import dataclasses
+import functools
+import json
+import pathlib
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+import converters
+from converters.tokenizer import TextTokenizer
+from jaxinterp.model import Transformer
+from jaxinterp.store import model_digest
+
+from ..html_report import write_page
+from ..rundir import RunDir, run_stages
+from .configs import CONFIGS
+
+__all__ = ["Context", "EXPERIMENTS", "run_experiment", "write_report", "load"]
+
+CIRCUITS_VERSION = 1
+"""Part of every run's identity: bumped when a stage's results change."""
+
+EXPERIMENTS = tuple(CONFIGS)
+"""Report order; each is a module of this package."""
+
+
+@dataclasses.dataclass
+class Context:
+    """One experiment run: its settings, the model, the tokenizer and the run directory."""
+
+    config: Any
+    model: Transformer
+    tokenizer: TextTokenizer
+    run: RunDir
+    progress: bool = True
+
+    def get(self, stage: str) -> tuple[dict[str, np.ndarray], dict]:
+        return self.run.load(stage)
+
+
+@functools.cache
+def load(name: str) -> tuple[Transformer, TextTokenizer]:
+    """The model and its tokenizer (registry name, .gguf, HF directory or store)."""
+    return converters.load(name), converters.load_tokenizer(name, cache=True)
+
+
+def _module(experiment: str) -> ModuleType:
+    import importlib
+
+    if experiment not in EXPERIMENTS:
+        raise ValueError(
+            f"unknown experiment {experiment!r}; choose from {EXPERIMENTS}"
+        )
+    return importlib.import_module(f"{__package__}.{experiment}")
+
+
+def run_experiment(
+    experiment: str,
+    config: Any,
+    out: str | pathlib.Path,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> pathlib.Path:
+    """Runs (or resumes) one experiment and rewrites the model's report.
+
+    Arguments:
+        experiment: one of `EXPERIMENTS`.
+        config: the experiment's `Config`.
+        out: the model's results directory; the experiment keeps its stages in
+            `out/<experiment>`, which must hold no run of another configuration.
+        overwrite: replace such a run.
+        progress: progress bars and one line per stage.
+
+    Returns:
+        The path of the report.
+    """
+    module = _module(experiment)
+    if not isinstance(config, CONFIGS[experiment]):
+        raise TypeError(f"{experiment} takes a {CONFIGS[experiment].__name__}")
+    model, tokenizer = load(config.model)
+    identity = dict(
+        dataclasses.asdict(config),
+        experiment=experiment,
+        model_digest=model_digest(model),
+        version=CIRCUITS_VERSION,
+    )
+    rundir = RunDir(pathlib.Path(out) / experiment, identity, overwrite=overwrite)
+    ctx = Context(config, model, tokenizer, rundir, progress)
+    run_stages(rundir, module.STAGES, ctx, progress)
+    summary = dict(module.summary(ctx), config=dataclasses.asdict(config))
+    (rundir.path / "summary.json").write_text(
+        json.dumps(summary, indent=1, default=float, allow_nan=True)
+    )
+    return write_report(out)
+
+
+def write_report(out: str | pathlib.Path) -> pathlib.Path:
+    """`out/report.html`: a section for every experiment whose stages all finished."""
+    out = pathlib.Path(out)
+    body = ["<h1>Classic circuits</h1>"]
+    for experiment in EXPERIMENTS:
+        marker = out / experiment / "run.json"
+        if not marker.exists():
+            continue
+        module = _module(experiment)
+        identity = json.loads(marker.read_text())
+        fields = {f.name for f in dataclasses.fields(module.Config)}
+        config = module.Config(
+            **{k: _tuples(v) for k, v in identity.items() if k in fields}
+        )
+        rundir = RunDir(marker.parent, identity)
+        if not all(rundir.done(name) for name, _ in module.STAGES):
+            continue
+        model, tokenizer = load(config.model)
+        body.append(module.section(Context(config, model, tokenizer, rundir, False)))
+    return write_page(out / "report.html", "classic circuits", body)
+
+
+def _tuples(value):
+    """JSON lists back to the tuples a frozen config holds."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
