@@ -52,3 +52,40 @@ def randomize_hf(model, seed: int = 0):
             else:
                 p.copy_(noise / np.sqrt(min(p.shape)) * 0.8)
     return model
+
+
+def write_tiny_llama(path, texts, *, vocab_size: int = 400, seed: int = 0, **config):
+    """A tiny random Llama checkpoint in an HF directory at `path`, with a byte-level BPE
+    tokenizer trained on `texts` (so any text encodes, names and accents included) and
+    `<s>` / `</s>` as BOS / EOS. Returns the directory."""
+    import json
+    import pathlib
+
+    import jax
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from converters import save_pretrained
+    from jaxinterp import init_transformer
+
+    path = pathlib.Path(path)
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(list(texts), trainer)
+    cfg = tiny_config(d_vocab=tokenizer.get_vocab_size(), n_ctx=256, **config)
+    save_pretrained(
+        init_transformer(cfg, jax.random.key(seed)),
+        path,
+        architecture="LlamaForCausalLM",
+    )
+    tokenizer.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(
+        json.dumps({"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": False})
+    )
+    return path

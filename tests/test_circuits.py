@@ -1,0 +1,91 @@
+"""The classic-circuit experiments (`experiments.circuits`) end to end on a tiny random
+Llama with a trained byte-level tokenizer: each runs through its command, writes its
+summary and report section, resumes without recomputing, and refuses bad settings."""
+
+import json
+
+import numpy as np
+import pytest
+
+from converters import registry
+from experiments.circuits import common, induction
+from experiments.circuits.configs import InductionConfig
+from jaxinterp_cli import main as cli
+
+from .helpers import write_tiny_llama
+
+TEXTS = [
+    "When Mary and John went to the store, John gave a drink to Mary.",
+    "Le chat dort sur le canapé pendant que la pluie tombe.",
+    "def add(a, b):\n    return a + b\n",
+    "The Eiffel Tower is in the city of Paris. 12 + 7 = 19",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", TEXTS * 20)
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(registry.CACHE_ENV, str(tmp_path / "cache"))
+
+
+def run_cli(capsys, *argv):
+    code = cli.main(["--no-compile-cache", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_induction_end_to_end(tiny, tmp_path, capsys):
+    out = tmp_path / "res"
+    argv = ["induction", "--model", tiny, "--out", out, "--n-prompts", 6]
+    argv += ["--seq-len", 5, "--n-ablate", 3, "--ks", "1,2", "--n-random", 2]
+    code, stdout, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    assert "[scores]" in stdout and "[ablation]" in stdout
+    summary = json.loads((out / "induction" / "summary.json").read_text())
+    assert [r["k"] for r in summary["ablation"]] == [1, 2]
+    assert len(summary["top_induction_heads"]) == 8  # 2 layers x 4 heads, top 10
+    for l, h, score in summary["top_induction_heads"]:
+        assert 0 <= l < 2 and 0 <= h < 4 and 0 <= score <= 1
+    report = (out / "report.html").read_text()
+    assert "Induction heads" in report and "data:image/png" in report
+    code, stdout, _ = run_cli(capsys, *argv)
+    assert code == 0 and "done before, kept" in stdout
+
+
+def test_induction_sets_and_tokens(tiny, tmp_path):
+    config = InductionConfig(
+        model=str(tiny), n_prompts=4, seq_len=7, n_ablate=2, ks=(1, 3), n_random=2
+    )
+    model, tokenizer = common.load(str(tiny))
+    ctx = common.Context(config, model, tokenizer, None, False)
+    tokens = induction.repeated_tokens(ctx)
+    assert tokens.shape == (4, 15) and (tokens[:, 0] == tokenizer.bos_id).all()
+    np.testing.assert_array_equal(tokens[:, 1:8], tokens[:, 8:])
+    assert tokens[:, 1:].min() > tokenizer.bos_id  # no special token
+    induction_scores = np.arange(8.0).reshape(2, 4)
+    masks, info = induction.head_sets(ctx, induction_scores)
+    assert [d["kind"] for d in info] == ["none"] + ["top", "random", "random"] * 2
+    assert masks[0].sum() == 0
+    np.testing.assert_array_equal(np.nonzero(masks[1].ravel())[0], [7])
+    np.testing.assert_array_equal(np.nonzero(masks[4].ravel())[0], [5, 6, 7])
+    for s in (2, 3, 5, 6):  # random sets avoid the largest top set
+        assert masks[s].sum() == info[s]["k"] and not masks[s].ravel()[5:].any()
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--ablation", "resample"], "ablation must be 'mean' or 'zero'"),
+        (["--ks", "0,2"], "ks must be at least 1"),
+        (["--n-ablate", "100"], "n_ablate 100 > n_prompts"),
+    ],
+)
+def test_induction_bad_settings(tiny, tmp_path, capsys, argv, match):
+    code, _, err = run_cli(
+        capsys, "induction", "--model", tiny, "--out", tmp_path, *argv
+    )
+    assert code == 2 and match in err and err.count("\n") == 1
