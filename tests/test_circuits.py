@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from converters import registry
-from experiments.circuits import common, induction
+from experiments.circuits import common, induction, lens
 from experiments.circuits.configs import InductionConfig
 from jaxinterp_cli import main as cli
 
@@ -89,3 +89,32 @@ def test_induction_bad_settings(tiny, tmp_path, capsys, argv, match):
         capsys, "induction", "--model", tiny, "--out", tmp_path, *argv
     )
     assert code == 2 and match in err and err.count("\n") == 1
+
+
+def test_lens_end_to_end(tiny, tmp_path, capsys):
+    out = tmp_path / "res"
+    argv = ["lens", "--model", tiny, "--out", out, "--prompt", "The Eiffel Tower is in"]
+    code, stdout, err = run_cli(capsys, *argv, "--answer", " Paris", "--top-k", 3)
+    assert code == 0, err
+    assert "resid_pre 1" in stdout and "final" in stdout
+    summary = json.loads((out / "lens" / "summary.json").read_text())
+    model, tokenizer = common.load(str(tiny))
+    assert summary["target"] == tokenizer.encode(" Paris")[0]
+    assert len(summary["top_by_layer"]) == model.cfg.n_layers + 1
+    assert all(len(row) == 3 for row in summary["top_by_layer"])
+    # the direct contributions add up to the final logit difference
+    assert abs(summary["dla_total"] - summary["logit_diff"]) < 1e-3
+    ranks = summary["target_rank_by_layer"]
+    assert (ranks[-1] == 0) == (summary["first_layer_top1"] is not None)
+    # another prompt replaces the previous lens run (no --overwrite needed)
+    code, stdout, err = run_cli(capsys, *argv[:-1], "A", "--answer", "")
+    assert code == 0, err
+    again = json.loads((out / "lens" / "summary.json").read_text())
+    assert again["prompt"] == "A" and not again["answer_given"]
+    assert "Logit lens" in (out / "report.html").read_text()
+
+
+def test_first_layer_from_which_the_target_stays_top():
+    assert lens._first_top1(np.array([3, 0, 2, 0, 0])) == 3
+    assert lens._first_top1(np.array([0, 0, 0])) == 0
+    assert lens._first_top1(np.array([0, 0, 1])) is None

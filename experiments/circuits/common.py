@@ -9,7 +9,8 @@ Layout of `out` (default `results/circuits/<model>`):
 
 An experiment's settings are a frozen dataclass of `configs` (with a `model` field); its
 module defines `STAGES` (`[(name, stage(ctx) -> (arrays, summary))]`), `summary(ctx) ->
-dict` (the numbers of `summary.json`) and `section(ctx) -> str` (its report section).
+dict` (the numbers of `summary.json`) and `section(ctx) -> str` (its report section), and
+may define `show(ctx)` to print its result on the terminal.
 """
 
 import dataclasses
@@ -100,9 +101,14 @@ def run_experiment(
         model_digest=model_digest(model),
         version=CIRCUITS_VERSION,
     )
+    # a cheap experiment (REPLACE = True) is rerun for a new configuration, e.g. another
+    # prompt of the logit lens, instead of refusing the directory
+    overwrite = overwrite or getattr(module, "REPLACE", False)
     rundir = RunDir(pathlib.Path(out) / experiment, identity, overwrite=overwrite)
     ctx = Context(config, model, tokenizer, rundir, progress)
     run_stages(rundir, module.STAGES, ctx, progress)
+    if progress and hasattr(module, "show"):
+        module.show(ctx)
     summary = dict(module.summary(ctx), config=dataclasses.asdict(config))
     (rundir.path / "summary.json").write_text(
         json.dumps(summary, indent=1, default=float, allow_nan=True)
@@ -120,10 +126,9 @@ def write_report(out: str | pathlib.Path) -> pathlib.Path:
             continue
         module = _module(experiment)
         identity = json.loads(marker.read_text())
-        fields = {f.name for f in dataclasses.fields(module.Config)}
-        config = module.Config(
-            **{k: _tuples(v) for k, v in identity.items() if k in fields}
-        )
+        kind = CONFIGS[experiment]
+        fields = {f.name for f in dataclasses.fields(kind)}
+        config = kind(**{k: _tuples(v) for k, v in identity.items() if k in fields})
         rundir = RunDir(marker.parent, identity)
         if not all(rundir.done(name) for name, _ in module.STAGES):
             continue
