@@ -378,6 +378,39 @@ def test_ablation_sweep_reads_every_position(setup):
         )
 
 
+@pytest.mark.parametrize("per_prompt", [False, True])
+@configs(ONE)
+def test_ablation_sweep_in_layer_groups(setup, per_prompt):
+    """Sets split by their first edited layer, each group run from its own first layer,
+    give the results of one group, in the sets' order (a set editing nothing included)."""
+    model, clean, corrupt, answer, _ = setup
+    cfg = model.cfg
+    heads = np.zeros((2 * cfg.n_heads + 1, cfg.n_layers, cfg.n_heads), bool)
+    order = np.random.default_rng(3).permutation(2 * cfg.n_heads)
+    for s, i in enumerate(order):
+        heads[s, i // cfg.n_heads, i % cfg.n_heads] = True  # last set: nothing
+    if per_prompt:
+        heads = np.broadcast_to(heads, (N_PROMPT, *heads.shape)).copy()
+        heads[1, 0] = False
+    kw = dict(
+        metric=metrics.target_logit,
+        metric_args=(answer,),
+        tap="attn.hook_z",
+        values=capture(model, corrupt, "attn.hook_z").mean(0),
+        positions="all",
+        masks_per_prompt=per_prompt,
+        batch_size=2,
+        progress_bar=False,
+    )
+    one = ablate.ablation_sweep(model, clean, heads, **kw)
+    two = ablate.ablation_sweep(model, clean, heads, n_layer_groups=2, **kw)
+    assert close(two, one)
+    clean_logit = last_logits(model, clean)[np.arange(N_PROMPT), answer]
+    assert close(one[:, -1], clean_logit)
+    if per_prompt:
+        assert close(one[1, 0], clean_logit[1])
+
+
 @configs(ONE)
 def test_ablation_sweep_components(setup):
     model, clean, corrupt, answer, wrong = setup
@@ -579,8 +612,9 @@ def test_patch_cells_skips_layers_and_positions_before_the_cells(setup):
 # ------------------------------------------------------------------ path patching
 
 
+@pytest.mark.parametrize("groups", [1, 2])
 @configs(TWO)
-def test_path_patching(setup):
+def test_path_patching(setup, groups):
     model, clean, corrupt, answer, wrong = setup
     cfg = model.cfg
     n = cfg.n_layers
@@ -598,6 +632,7 @@ def test_path_patching(setup):
         receivers,
         metric=metrics.logit_diff,
         metric_args=(answer, wrong),
+        n_layer_groups=groups,
         batch_size=2,
         progress_bar=False,
     )

@@ -76,13 +76,47 @@ class IoiConfig:
 @dataclasses.dataclass(frozen=True)
 class ProbingConfig:
     model: str = option(DEFAULT_MODEL, "model name or path")
+    texts_per_pool: int = option(
+        48, "texts of each kind read (English, French, Python, numbers)"
+    )
+    test_texts: int = option(16, "texts of each kind held out for testing")
+    max_tokens: int = option(64, "tokens kept per text")
     ks: tuple[int, ...] = option((1, 2, 4, 8, 16, 32), "probe sparsities (neurons)")
+    steps: int = option(300, "Adam steps of every probe (full batch)")
     n_ablate: int = option(8, "best single neurons ablated per feature")
-    seed: int = option(0, "seed of the train/test split and the probes")
+    ablation: str = option("mean", "mean or zero")
+    seed: int = option(0, "seed of the number texts, the split and the controls")
     batch_size: int = option(8, "texts per device call")
 
     def __post_init__(self):
-        _positive(self, "ks", "n_ablate", "batch_size")
+        if self.ablation not in ("mean", "zero"):
+            raise ValueError(f"ablation must be 'mean' or 'zero': {self.ablation!r}")
+        _positive(
+            self,
+            "texts_per_pool",
+            "test_texts",
+            "max_tokens",
+            "ks",
+            "steps",
+            "n_ablate",
+            "batch_size",
+        )
+        if self.test_texts >= self.texts_per_pool:
+            raise ValueError(
+                f"test_texts {self.test_texts} must be below texts_per_pool "
+                f"{self.texts_per_pool} (some texts must train the probes)"
+            )
+        from .probing_data import SHIPPED
+
+        if self.texts_per_pool > SHIPPED:
+            raise ValueError(
+                f"texts_per_pool {self.texts_per_pool} > {SHIPPED}, the texts shipped "
+                "of each kind"
+            )
+        if self.max_tokens < 3:
+            raise ValueError(f"max_tokens must be at least 3, got {self.max_tokens}")
+        if len(set(self.ks)) != len(self.ks):
+            raise ValueError(f"ks must not repeat a size: {self.ks}")
 
 
 CONFIGS = {

@@ -12,7 +12,8 @@ Axis convention, followed by every kernel's result:
 * then the swept axes, in the order the kernel names them: `[set]` for ablation and path
   patching, `[layer, pos, head]` for activation patching (`[layer, pos]` without heads,
   `[pos]` for `hook_embed`), `[cell]` for `patch_cells`, `[layer, pos, *tap_tail]` for
-  attribution scores and activations, `[layer + 1, d_vocab]` for the logit lens, `[layer, head_index]` for head scores;
+  attribution scores and activations, `[layer + 1, d_vocab]` for the logit lens,
+  `[layer, head_index]` for head scores;
 * then whatever the metric returns for one prompt (nothing for a scalar metric).
 
 Results reduced over prompts (`mean_cache`) drop the `prompt` axis. Block taps carry a

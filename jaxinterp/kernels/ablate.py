@@ -28,7 +28,18 @@ from ..edits import Replace
 from ..inputs import prompts
 from ..model import Transformer
 from .batching import stream
-from .sweep import EMBED, first_edited, site, stack_size, start_at, sweep, unit_mask
+from .sweep import (
+    EMBED,
+    first_edited,
+    first_layers,
+    in_set_order,
+    site,
+    stack_size,
+    start_at,
+    start_groups,
+    sweep,
+    unit_mask,
+)
 
 __all__ = ["ablation_sweep"]
 
@@ -74,6 +85,7 @@ def ablation_sweep(
     attention_mask: ArrayLike | None = None,
     answer_pos: Int[ArrayLike, " prompt"] | None = None,
     read: Literal["answer", "all"] = "answer",
+    n_layer_groups: int = 1,
     batch_size: int = 32,
     progress_bar: bool = True,
     stacked: bool = False,
@@ -106,6 +118,10 @@ def ablation_sweep(
             loss over a whole text; padded positions hold finite, meaningless values,
             so pass the mask in `metric_args` to drop them). Every position is then
             unembedded and nothing before the first edited position is shared.
+        n_layer_groups: sets are split by the first layer they edit into this many
+            layer ranges, each run from its own first layer (see `sweep.start_groups`):
+            with many sets that start at different depths (one head or neuron each),
+            later groups skip the layers below them; each group compiles one program.
         batch_size: prompts per device call (each runs every set).
         progress_bar: tqdm over prompt batches.
         stacked: `model` is several models of one architecture stacked on a leading
@@ -142,11 +158,14 @@ def ablation_sweep(
         if masks_per_prompt and m.shape[0] != n_prompt:
             raise ValueError(f"masks have {m.shape[0]} prompts, tokens {n_prompt}")
         n_sets.add(m.shape[lead - 1])
-        starts.append(first_edited(m, lead) if where.stacked else EMBED)
+        if where.stacked:
+            starts.append(first_layers(m, lead - 1, lead))
+        else:
+            starts.append(np.full(m.shape[lead - 1], EMBED))
         checked.append(m)
     if len(n_sets) != 1:
         raise ValueError(f"every tap's masks must list the same sets: {sorted(n_sets)}")
-    L = min(starts)
+    first = np.min(starts, axis=0)  # [set]
     if read not in ("answer", "all"):
         raise ValueError(f"read must be 'answer' or 'all': {read!r}")
     read_all = read == "all"
@@ -184,28 +203,46 @@ def ablation_sweep(
     if per_prompt:
         batch["values"] = tuple(sliced)
     batch["margs"] = jax.tree.map(np.asarray, tuple(metric_args))
-    if masks_per_prompt:
-        batch["masks"] = tuple(checked)
-    shared_masks = None if masks_per_prompt else tuple(jnp.asarray(m) for m in checked)
     pos_mask = None if pos_mask is None else jnp.asarray(pos_mask[p0:])
     shared = None if per_prompt else tuple(sliced)
-
-    def chunk(batch):
-        args = (batch, shared_masks, shared, pos_mask, sites, L, p0, metric, read_all)
-        if stacked:
-            return _ablate_stacked(model, *args)
-        return _ablate(model, *args)
-
     if stacked:
         stack_size(model)  # a clear error for a single model
-    return stream(
-        chunk,
-        batch,
-        batch_size=batch_size,
-        desc="ablate",
-        progress_bar=progress_bar,
-        axis=int(stacked),
-    )
+    groups = start_groups(first, cfg.n_layers, n_layer_groups)
+    parts = []
+    for idx in groups:
+        group = tuple(np.take(m, idx, axis=lead - 1) for m in checked)
+        if masks_per_prompt:
+            batch["masks"] = group
+        shared_masks = None if masks_per_prompt else tuple(map(jnp.asarray, group))
+        L = min(int(first[idx].min()), cfg.n_layers - 1)
+
+        def chunk(batch, shared_masks=shared_masks, L=L):
+            args = (
+                batch,
+                shared_masks,
+                shared,
+                pos_mask,
+                sites,
+                L,
+                p0,
+                metric,
+                read_all,
+            )
+            if stacked:
+                return _ablate_stacked(model, *args)
+            return _ablate(model, *args)
+
+        parts.append(
+            stream(
+                chunk,
+                batch,
+                batch_size=batch_size,
+                desc="ablate",
+                progress_bar=progress_bar,
+                axis=int(stacked),
+            )
+        )
+    return in_set_order(parts, groups, axis=1 + int(stacked))
 
 
 @eqx.filter_jit

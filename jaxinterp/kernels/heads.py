@@ -107,7 +107,10 @@ def head_detector(
     names = list(kinds)
     targets = [
         np.stack(
-            [detection_pattern(t, kind, m) for t, m in zip(batch.tokens, batch.mask)]
+            [
+                detection_pattern(t, kind, m)
+                for t, m in zip(batch.tokens, batch.mask, strict=True)
+            ]
         )
         for kind in names
     ]

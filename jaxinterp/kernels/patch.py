@@ -32,16 +32,21 @@ from ..model import Transformer
 from ..taps import Taps, every_layer
 from .batching import stream
 from .run import run_cached
-from .sweep import EMBED, State, activations, site, start_at, sweep, unit_mask
+from .sweep import (
+    EMBED,
+    State,
+    activations,
+    first_layers,
+    in_set_order,
+    layer_groups,
+    site,
+    start_at,
+    start_groups,
+    sweep,
+    unit_mask,
+)
 
 __all__ = ["activation_patching", "patch_cells", "path_patching", "layer_groups"]
-
-
-def layer_groups(n_layers: int, n_groups: int) -> tuple[tuple[int, int], ...]:
-    """Splits `range(n_layers)` into `n_groups` contiguous `(start, stop)` ranges."""
-    n_groups = max(1, min(n_groups, n_layers))
-    bounds = np.linspace(0, n_layers, n_groups + 1).round().astype(int)
-    return tuple((int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True))
 
 
 def _pairs(model, base, source, margs, attention_mask, source_mask, answer_pos):
@@ -294,7 +299,9 @@ def patch_cells(
 
 
 @eqx.filter_jit
-def _path(model, batch, senders, receivers, where_r, L_r, stop_r, freeze_mlps, metric):
+def _path(
+    model, batch, senders, receivers, where_r, L_s, L_r, stop_r, freeze_mlps, metric
+):
     cfg = model.cfg
     z_key = every_layer("attn.hook_z")
     mlp_key = every_layer("mlp.hook_post")
@@ -303,12 +310,13 @@ def _path(model, batch, senders, receivers, where_r, L_r, stop_r, freeze_mlps, m
 
     def per_prompt(item):
         base, margs = item["base"], item["margs"]
-        # one clean run gives the frozen values, the input of run (1) and the start of (2)
-        starts = {"blocks.0.hook_resid_pre", f"blocks.{L_r}.hook_resid_pre"}
-        clean = activations(model, base, frozen | starts)[1]
+        # one clean run gives the frozen values, the receivers' clean inputs, the input of
+        # run (1) (no sender below L_s: the layers below are clean) and the start of (2)
+        starts = {f"blocks.{L_s}.hook_resid_pre", f"blocks.{L_r}.hook_resid_pre"}
+        clean = activations(model, base, frozen | starts | {where_r.key})[1]
         corrupt = activations(model, item["source"], frozenset({z_key}))[1][z_key]
         span = model.span(base.tokens.shape[0], attention_mask=base.mask)
-        x0 = clean["blocks.0.hook_resid_pre"]
+        x_s = clean[f"blocks.{L_s}.hook_resid_pre"]
         state = State(clean[f"blocks.{L_r}.hook_resid_pre"], base.tokens, span, None)
 
         def edits(sender):
@@ -318,11 +326,13 @@ def _path(model, batch, senders, receivers, where_r, L_r, stop_r, freeze_mlps, m
             if freeze_mlps:
                 frozen_edits[mlp_key] = Replace(clean[mlp_key])
             taps = Taps(cfg, frozenset({where_r.key}), frozen_edits)
-            model.run_blocks(x0, span, taps, 0, stop_r)
-            value = taps.records[where_r.key]  # [stop_r, pos, *tail]
+            model.run_blocks(x_s, span, taps, L_s, stop_r)
+            value = taps.records[where_r.key]  # [stop_r - L_s, pos, *tail]
+            below = clean[where_r.key][:L_s]
             pad = jnp.zeros((cfg.n_layers - stop_r, *value.shape[1:]), value.dtype)
             # (2) only the receivers take those values; everything after them recomputes
-            return {where_r.key: Replace(jnp.concatenate([value, pad]), receive)}
+            value = jnp.concatenate([below, value, pad])
+            return {where_r.key: Replace(value, receive)}
 
         return sweep(model, state, L_r, senders, edits, metric, margs, base.answer)
 
@@ -340,6 +350,7 @@ def path_patching(
     metric_args: tuple = (),
     receiver_tap: str = "attn.hook_q",
     freeze_mlps: bool = True,
+    n_layer_groups: int = 1,
     attention_mask: ArrayLike | None = None,
     source_mask: ArrayLike | None = None,
     answer_pos: Int[ArrayLike, " prompt"] | None = None,
@@ -363,6 +374,10 @@ def path_patching(
             for residual taps such as `hook_resid_pre`); all positions.
         receiver_tap: the receivers' input tap suffix.
         freeze_mlps: also freeze MLP activations to the base run.
+        n_layer_groups: sender sets are split by their first sender layer into this many
+            layer ranges, and run (1) of each group starts at its first sender layer
+            (exact: nothing below it differs from the base run); more groups save FLOPs
+            but compile one program each.
         Other arguments as in `activation_patching`.
 
     Returns:
@@ -383,20 +398,34 @@ def path_patching(
         )
     hit = receivers.reshape(cfg.n_layers, -1).any(1)
     L_r, stop_r = int(np.argmax(hit)), cfg.n_layers - int(np.argmax(hit[::-1]))
+    first = first_layers(senders, 0, 1)
+    groups = start_groups(first, cfg.n_layers, n_layer_groups)
+    parts = []
+    for idx in groups:
+        # a group whose senders all sit at or above the receivers still runs one layer
+        L_s = min(int(first[idx].min()), stop_r - 1)
 
-    def chunk(batch):
-        return _path(
-            model,
-            batch,
-            jnp.asarray(senders),
-            jnp.asarray(receivers),
-            where_r,
-            L_r,
-            stop_r,
-            freeze_mlps,
-            metric,
+        def chunk(batch, idx=idx, L_s=L_s):
+            return _path(
+                model,
+                batch,
+                jnp.asarray(senders[idx]),
+                jnp.asarray(receivers),
+                where_r,
+                L_s,
+                L_r,
+                stop_r,
+                freeze_mlps,
+                metric,
+            )
+
+        parts.append(
+            stream(
+                chunk,
+                batch,
+                batch_size=batch_size,
+                desc="path",
+                progress_bar=progress_bar,
+            )
         )
-
-    return stream(
-        chunk, batch, batch_size=batch_size, desc="path", progress_bar=progress_bar
-    )
+    return in_set_order(parts, groups, axis=1)

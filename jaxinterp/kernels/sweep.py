@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from .._typing import Array, ArrayLike, Bool, Float, Int
@@ -76,6 +77,48 @@ def unit_mask(mask: Bool[Array, "..."], site: Site) -> Array:
         )
     ones = (1,) * (len(site.tail) - len(unit))
     return mask.reshape(*mask.shape[:n_lead], 1, *unit, *ones)
+
+
+def layer_groups(n_layers: int, n_groups: int) -> tuple[tuple[int, int], ...]:
+    """Splits `range(n_layers)` into `n_groups` contiguous `(start, stop)` ranges."""
+    n_groups = max(1, min(n_groups, n_layers))
+    bounds = np.linspace(0, n_layers, n_groups + 1).round().astype(int)
+    return tuple((int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def first_layers(masks: np.ndarray, set_axis: int, layer_axis: int) -> np.ndarray:
+    """The first layer each set edits, `[set]` (`n_layers` for a set that edits none)."""
+    masks = np.asarray(masks)
+    other = tuple(i for i in range(masks.ndim) if i not in (set_axis, layer_axis))
+    hit = masks.any(axis=other)  # [set, layer] or [layer, set]
+    if set_axis > layer_axis:
+        hit = hit.T
+    return np.where(hit.any(1), np.argmax(hit, 1), hit.shape[1])
+
+
+def start_groups(first: np.ndarray, n_layers: int, n_groups: int) -> list[np.ndarray]:
+    """Sets split by their first edited layer (`first [set]`; `EMBED` counts as layer 0)
+    into at most `n_groups` contiguous layer ranges: the set indices of each non-empty
+    group. A sweep runs each group from its own first layer, so sets that start late skip
+    the layers below them; more groups save FLOPs but compile one program each."""
+    layer = np.clip(first, 0, n_layers - 1)  # editing nothing: the last group
+    groups = [
+        np.flatnonzero((layer >= s) & (layer < e))
+        for s, e in layer_groups(n_layers, n_groups)
+    ]
+    return [idx for idx in groups if len(idx)]
+
+
+def in_set_order(parts: list, groups: list[np.ndarray], axis: int):
+    """Per-group results concatenated along the `set` axis, back in the sets' order."""
+    order = np.argsort(np.concatenate(groups), kind="stable")
+    if len(parts) == 1:
+        joined = parts[0]
+    else:
+        joined = jax.tree.map(lambda *a: jnp.concatenate(a, axis=axis), *parts)
+    if np.array_equal(order, np.arange(len(order))):
+        return joined
+    return jax.tree.map(lambda a: jnp.take(a, order, axis=axis), joined)
 
 
 def first_edited(masks: np.ndarray, axis: int) -> int:
