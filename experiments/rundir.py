@@ -74,6 +74,14 @@ class RunDir:
         if not marker.exists():
             _write_json(marker, self.identity)
 
+    @classmethod
+    def existing(cls, path: str | os.PathLike) -> "RunDir":
+        """The run already in `path` (its own identity), to read its stages."""
+        marker = pathlib.Path(path) / "run.json"
+        if not marker.exists():
+            raise ValueError(f"{path} holds no run (no run.json)")
+        return cls(path, json.loads(marker.read_text()))
+
     def done(self, stage: str) -> bool:
         """Whether `stage` finished (its summary exists and matches its arrays)."""
         meta, arrays = self.path / f"{stage}.json", self.path / f"{stage}.npz"

@@ -910,7 +910,7 @@ def test_head_detector_matches_captured_patterns(setup):
         model,
         tokens,
         attention_mask=mask,
-        patterns=custom,
+        patterns={"custom": custom},
         batch_size=2,
         progress_bar=False,
     )

@@ -125,11 +125,12 @@ def write_report(out: str | pathlib.Path) -> pathlib.Path:
         if not marker.exists():
             continue
         module = _module(experiment)
-        identity = json.loads(marker.read_text())
+        rundir = RunDir.existing(marker.parent)
         kind = CONFIGS[experiment]
         fields = {f.name for f in dataclasses.fields(kind)}
-        config = kind(**{k: _tuples(v) for k, v in identity.items() if k in fields})
-        rundir = RunDir(marker.parent, identity)
+        config = kind(
+            **{k: _tuples(v) for k, v in rundir.identity.items() if k in fields}
+        )
         if not all(rundir.done(name) for name, _ in module.STAGES):
             continue
         model, tokenizer = load(config.model)

@@ -16,7 +16,7 @@ score is ours times the share of such queries). Scores lie in [0, 1]; a prompt w
 marked query gives NaN.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import equinox as eqx
 import jax
@@ -84,7 +84,7 @@ def head_detector(
     tokens: Int[ArrayLike, "prompt pos"],
     kinds: Sequence[str] = DETECTORS,
     *,
-    patterns: Bool[ArrayLike, "prompt query_pos key_pos"] | None = None,
+    patterns: Mapping[str, Bool[ArrayLike, "prompt query_pos key_pos"]] | None = None,
     attention_mask: ArrayLike | None = None,
     batch_size: int = 16,
     progress_bar: bool = True,
@@ -95,7 +95,8 @@ def head_detector(
         model: the transformer.
         tokens: `[prompt, pos]`, padded with `attention_mask` when ragged.
         kinds: detectors by name (`DETECTORS`).
-        patterns: an optional custom detection pattern per prompt, scored as `"custom"`.
+        patterns: custom detection patterns, `name -> [prompt, query_pos, key_pos]`
+            (e.g. from the last position to a name's position), scored under `name`.
         attention_mask: `[prompt, pos]`, 1 = token, 0 = padding.
         batch_size: prompts per device call.
         progress_bar: tqdm over prompt batches.
@@ -114,17 +115,19 @@ def head_detector(
         )
         for kind in names
     ]
-    if patterns is not None:
-        custom = np.asarray(patterns)
+    for name, custom in (patterns or {}).items():
+        custom = np.asarray(custom)
         n, n_pos = batch.tokens.shape
         if custom.shape != (n, n_pos, n_pos) or custom.dtype != np.bool_:
             raise ValueError(
-                f"patterns must be bool [{n}, {n_pos}, {n_pos}], got "
+                f"pattern {name!r} must be bool [{n}, {n_pos}, {n_pos}], got "
                 f"{custom.dtype}{list(custom.shape)}"
             )
+        if name in names:
+            raise ValueError(f"pattern name {name!r} is also a detector")
         real = np.asarray(batch.mask, bool)
         targets.append(custom & real[:, :, None] & real[:, None, :])
-        names.append("custom")
+        names.append(name)
     if not names:
         raise ValueError("head_detector needs at least one detector or patterns")
     items = {"prompt": batch, "target": np.stack(targets, 1).astype(np.float32)}
