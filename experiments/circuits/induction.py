@@ -15,12 +15,11 @@ Stages:
   the prompts at that position; zero ablation by zeros.
 """
 
-import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
 from jaxinterp.kernels import ablation_sweep, head_detector, mean_cache
-from jaxinterp.kernels.metrics import pick
+from jaxinterp.kernels.metrics import token_nll
 
 from ..html_report import html_section, html_table, png
 from .common import Context
@@ -62,11 +61,6 @@ def scores_stage(ctx: Context):
         ],
         "n_above_0.4": int((flat > 0.4).sum()),
     }
-
-
-def position_nll(logits, targets):
-    """Next-token loss at every position, `[pos]` (the last entry has no target)."""
-    return -jax.vmap(pick)(jax.nn.log_softmax(logits), targets)
 
 
 def head_sets(ctx: Context, induction: np.ndarray) -> tuple[np.ndarray, list[dict]]:
@@ -113,7 +107,7 @@ def ablation_stage(ctx: Context):
         ctx.model,
         tokens,
         masks,
-        metric=position_nll,
+        metric=token_nll,
         metric_args=(targets,),
         tap="attn.hook_z",
         values=values,

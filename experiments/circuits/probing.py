@@ -59,7 +59,7 @@ import optax
 
 from jaxinterp.kernels import ablation_sweep, stacked_activations
 from jaxinterp.kernels.batching import progress
-from jaxinterp.kernels.metrics import pick
+from jaxinterp.kernels.metrics import token_nll
 
 from ..html_report import html_section, html_table, png
 from . import probing_data
@@ -398,11 +398,6 @@ def probes_stage(ctx: Context):
     }
 
 
-def position_nll(logits, targets):
-    """Next-token loss at every position, `[pos]` (the last entry has no target)."""
-    return -jax.vmap(pick)(jax.nn.log_softmax(logits), targets)
-
-
 def neuron_sets(ctx: Context, best: np.ndarray) -> tuple[np.ndarray, list[dict]]:
     """`[set, layer, d_mlp]` masks: nothing; per feature its best neurons; per feature as
     many random neurons in the same layers, none of them among that feature's best."""
@@ -443,7 +438,7 @@ def ablation_stage(ctx: Context):
         ctx.model,
         tokens,
         masks,
-        metric=position_nll,
+        metric=token_nll,
         metric_args=(np.roll(tokens, -1, axis=1),),
         tap="mlp.hook_post",
         values=values,

@@ -35,6 +35,7 @@ __all__ = [
     "indirect_effect_logits",
     "logit_and_argmax",
     "sequence_loss",
+    "token_nll",
 ]
 
 Logits = Float[ArrayLike, " d_vocab"]
@@ -140,3 +141,11 @@ def sequence_loss(
     nll = -jax.vmap(pick)(jax.nn.log_softmax(logits), targets)
     weights = jnp.asarray(weights, nll.dtype)
     return jnp.sum(jnp.where(weights > 0, nll * weights, 0.0)) / jnp.sum(weights)
+
+
+def token_nll(
+    logits: Float[ArrayLike, "pos d_vocab"], targets: Int[ArrayLike, " pos"]
+) -> Float[ArrayLike, " pos"]:
+    """Next-token loss `-log P(targets[p])` at every position (NaN where a target is not
+    an id): average it over the positions you measure, on the host."""
+    return -jax.vmap(pick)(jax.nn.log_softmax(logits), targets)
