@@ -15,6 +15,7 @@ may define `show(ctx)` to print its result on the terminal.
 
 import dataclasses
 import functools
+import html
 import json
 import pathlib
 from types import ModuleType
@@ -135,6 +136,12 @@ def write_report(out: str | pathlib.Path) -> pathlib.Path:
             continue
         model, tokenizer = load(config.model)
         body.append(module.section(Context(config, model, tokenizer, rundir, False)))
+        seconds = sum(rundir.load(name)[1]["seconds"] for name, _ in module.STAGES)
+        body.append(
+            f"<p><i>Made by <code>jaxinterp {experiment} --model "
+            f"{html.escape(config.model)}</code> in {seconds:.0f} s (settings: "
+            f"<code>{experiment}/run.json</code>).</i></p>"
+        )
     return write_page(out / "report.html", "classic circuits", body)
 
 

@@ -44,7 +44,7 @@ Stages:
 `french` and `python` share their other class (English prose), so a neuron that separates
 English prose from everything else responds to both.
 
-Run: `jaxinterp probing [--model M] [--out DIR]` (about 3 minutes for SmolLM2-135M on two
+Run: `jaxinterp probing [--model M] [--out DIR]` (under 2 minutes for SmolLM2-135M on two
 CPU cores).
 """
 
