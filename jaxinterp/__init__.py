@@ -6,6 +6,7 @@ Activations are *taps* named exactly as TransformerLens hooks; interventions are
 from . import cache as cache
 from . import edits as edits
 from . import process as process
+from . import sharding as sharding
 from . import store as store
 from . import taps as taps
 from .config import Llama3RopeScaling as Llama3RopeScaling

@@ -22,6 +22,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from .._typing import Array, ArrayLike, Bool, Float, Int, PyTree, Shaped
 from ..edits import Replace
@@ -88,6 +89,7 @@ def ablation_sweep(
     n_layer_groups: int = 1,
     batch_size: int = 32,
     progress_bar: bool = True,
+    mesh: Mesh | None = None,
     stacked: bool = False,
 ) -> PyTree[Shaped[Array, "..."]]:
     """Metric of every prompt with every set of units ablated.
@@ -124,6 +126,7 @@ def ablation_sweep(
             later groups skip the layers below them; each group compiles one program.
         batch_size: prompts per device call (each runs every set).
         progress_bar: tqdm over prompt batches.
+        mesh: split the prompts over this mesh's `data` axis (see `jaxinterp.sharding`).
         stacked: `model` is several models of one architecture stacked on a leading
             axis of every array (e.g. training checkpoints); all run the same prompts and
             sets in one program, vmapped over that axis.
@@ -239,6 +242,7 @@ def ablation_sweep(
                 batch_size=batch_size,
                 desc="ablate",
                 progress_bar=progress_bar,
+                mesh=mesh,
                 axis=int(stacked),
             )
         )

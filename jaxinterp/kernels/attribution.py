@@ -17,6 +17,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from .._typing import Array, ArrayLike, Float, Int
 from ..edits import Add
@@ -66,6 +67,7 @@ def attribution_patching(
     answer_pos: Int[ArrayLike, " prompt"] | None = None,
     batch_size: int = 8,
     progress_bar: bool = True,
+    mesh: Mesh | None = None,
 ) -> dict[str, Float[Array, "prompt ..."]]:
     """Per-element attribution scores `(a_source - a_base) * grad` of every layer of `taps`.
 
@@ -80,6 +82,7 @@ def attribution_patching(
             `patch.activation_patching`.
         batch_size: prompts per device call.
         progress_bar: tqdm over prompt batches.
+        mesh: split the prompts over this mesh's `data` axis (see `jaxinterp.sharding`).
 
     Returns:
         tap (as given) -> scores `[prompt, layer, pos, *tap_tail]` (`[prompt, pos,
@@ -99,6 +102,7 @@ def attribution_patching(
         batch_size=batch_size,
         desc="attribution",
         progress_bar=progress_bar,
+        mesh=mesh,
     )
     return {t: scores[w.key] for t, w in zip(taps, sites, strict=True)}
 
@@ -136,6 +140,7 @@ def attribution_vs_exact(
     answer_pos: Int[ArrayLike, " prompt"] | None = None,
     batch_size: int = 64,
     progress_bar: bool = False,
+    mesh: Mesh | None = None,
 ) -> dict:
     """Compares attribution patching with exact patching on the same cells.
 
@@ -152,7 +157,9 @@ def attribution_vs_exact(
     pairs = dict(
         attention_mask=attention_mask, source_mask=source_mask, answer_pos=answer_pos
     )
-    common = dict(metric=metric, metric_args=metric_args, progress_bar=progress_bar)
+    common = dict(
+        metric=metric, metric_args=metric_args, progress_bar=progress_bar, mesh=mesh
+    )
     cells = np.asarray(cells)
     if scores is None:
         scores = attribution_patching(

@@ -2,13 +2,17 @@
 last one padded, so a whole sweep is one compile), a tqdm bar, padding dropped from the
 results."""
 
+import functools
 import warnings
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
+
+from ..sharding import rows_multiple, shard_rows
 
 __all__ = ["stream", "pad_rows", "progress", "NonFiniteWarning", "warn_nonfinite"]
 
@@ -59,6 +63,7 @@ def stream(
     progress_bar: bool = True,
     axis: int = 0,
     weighted_sum: bool = False,
+    mesh: Mesh | None = None,
 ):
     """Runs `fn` over fixed-size chunks of the leading axis of every leaf of `batched`.
 
@@ -72,6 +77,8 @@ def stream(
         axis: the axis of `fn`'s outputs that holds the rows.
         weighted_sum: add the outputs up over chunks (in float64 on the host) instead of
             concatenating them.
+        mesh: split every chunk over the mesh's `data` axis (`batch_size` is rounded up
+            to a multiple of its size); see `jaxinterp.sharding`.
 
     Returns:
         `fn`'s outputs concatenated along `axis` (`n` rows, padding dropped), or their sum.
@@ -90,14 +97,15 @@ def stream(
         raise ValueError(f"{desc}: nothing to run (0 items)")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    batch_size = min(batch_size, n)
+    batch_size = rows_multiple(min(batch_size, n), mesh)
+    place = jnp.asarray if mesh is None else functools.partial(shard_rows, mesh=mesh)
     starts = range(0, n, batch_size)
     outs, total = [], None
     for start in progress(starts, len(starts), desc, progress_bar):
         rows = slice(start, min(start + batch_size, n))
         n_valid = rows.stop - rows.start
         chunk = jax.tree.map(
-            lambda a, rows=rows: jnp.asarray(pad_rows(a[rows], batch_size)), batched
+            lambda a, rows=rows: place(pad_rows(a[rows], batch_size)), batched
         )
         if weighted_sum:
             weight = jnp.asarray(np.arange(batch_size) < n_valid, jnp.float32)

@@ -22,6 +22,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from .._typing import Array, ArrayLike, Bool, Float, Int, Shaped
 from ..inputs import prompts
@@ -88,6 +89,7 @@ def head_detector(
     attention_mask: ArrayLike | None = None,
     batch_size: int = 16,
     progress_bar: bool = True,
+    mesh: Mesh | None = None,
 ) -> dict[str, Float[Array, "prompt layer head_index"]]:
     """Per-prompt scores of every head for each detector (see the module docstring).
 
@@ -100,6 +102,7 @@ def head_detector(
         attention_mask: `[prompt, pos]`, 1 = token, 0 = padding.
         batch_size: prompts per device call.
         progress_bar: tqdm over prompt batches.
+        mesh: split the prompts over this mesh's `data` axis (see `jaxinterp.sharding`).
 
     Returns:
         `{kind: [prompt, layer, head_index]}` (average over prompts with `nanmean(0)`).
@@ -137,5 +140,6 @@ def head_detector(
         batch_size=batch_size,
         desc="heads",
         progress_bar=progress_bar,
+        mesh=mesh,
     )
     return {name: out[:, i] for i, name in enumerate(names)}

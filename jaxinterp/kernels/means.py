@@ -12,6 +12,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from .._typing import Array, ArrayLike, Float, Int
 from ..inputs import prompts
@@ -47,6 +48,7 @@ def mean_cache(
     attention_mask: ArrayLike | None = None,
     batch_size: int = 64,
     progress_bar: bool = True,
+    mesh: Mesh | None = None,
 ) -> dict[str, Float[Array, "..."]]:
     """Per-position mean of each tap over all prompts (over the prompts whose position is a
     real token, when padded; 0 where none is).
@@ -59,6 +61,7 @@ def mean_cache(
         attention_mask: `[prompt, pos]`, 1 = token, 0 = padding.
         batch_size: prompts per device call.
         progress_bar: show a tqdm bar over batches.
+        mesh: split the prompts over this mesh's `data` axis (see `jaxinterp.sharding`).
 
     Returns:
         tap (as given) -> mean `[layer, pos, *tap_tail]` (e.g. `[layer, pos, head_index,
@@ -74,6 +77,7 @@ def mean_cache(
         batch_size=batch_size,
         desc="mean cache",
         progress_bar=progress_bar,
+        mesh=mesh,
         weighted_sum=True,
     )
     sums, count = total
@@ -107,6 +111,7 @@ def stacked_activations(
     attention_mask: ArrayLike | None = None,
     batch_size: int = 64,
     progress_bar: bool = False,
+    mesh: Mesh | None = None,
 ) -> Float[Array, "prompt ..."]:
     """Every layer of one block tap (or a top-level tap such as `hook_embed`) for every
     prompt, `[prompt, layer, pos, *tap_tail]` (resample-ablation values, patching
@@ -119,6 +124,7 @@ def stacked_activations(
         batch_size=batch_size,
         desc=tap,
         progress_bar=progress_bar,
+        mesh=mesh,
     )
 
 
@@ -130,6 +136,7 @@ def answer_logits(
     answer_pos: Int[ArrayLike, " prompt"] | None = None,
     batch_size: int = 64,
     progress_bar: bool = False,
+    mesh: Mesh | None = None,
 ) -> Float[Array, "prompt d_vocab"]:
     """The logits at each prompt's answer position (default: its last real token); no
     other position is unembedded."""
@@ -140,4 +147,5 @@ def answer_logits(
         batch_size=batch_size,
         desc="logits",
         progress_bar=progress_bar,
+        mesh=mesh,
     )

@@ -24,6 +24,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from .._typing import Array, ArrayLike, Bool, Int, PyTree, Shaped
 from ..edits import Replace
@@ -140,6 +141,7 @@ def activation_patching(
     answer_pos: Int[ArrayLike, " prompt"] | None = None,
     batch_size: int = 8,
     progress_bar: bool = True,
+    mesh: Mesh | None = None,
 ) -> PyTree[Shaped[Array, "prompt ..."]]:
     """Metric after patching each single cell of `tap` from the source run into the base run.
 
@@ -159,6 +161,7 @@ def activation_patching(
         answer_pos: `[prompt]` positions the metric reads (default: last real token).
         batch_size: prompts per device call (each runs every cell).
         progress_bar: tqdm over prompt batches.
+        mesh: split the prompts over this mesh's `data` axis (see `jaxinterp.sharding`).
 
     Returns:
         The metric's output with leading axes `[prompt, layer, pos, head]` (no `head` axis
@@ -188,7 +191,12 @@ def activation_patching(
         return _patch(model, batch, where, per_head, positions, groups, p_max, metric)
 
     return stream(
-        chunk, batch, batch_size=batch_size, desc="patch", progress_bar=progress_bar
+        chunk,
+        batch,
+        batch_size=batch_size,
+        desc="patch",
+        progress_bar=progress_bar,
+        mesh=mesh,
     )
 
 
@@ -242,6 +250,7 @@ def patch_cells(
     answer_pos: Int[ArrayLike, " prompt"] | None = None,
     batch_size: int = 64,
     progress_bar: bool = True,
+    mesh: Mesh | None = None,
 ) -> PyTree[Shaped[Array, "prompt cell ..."]]:
     """Metric after patching each listed cell from source into base.
 
@@ -250,6 +259,7 @@ def patch_cells(
             (unit = index into the tap's first per-position axis: neuron, head); for a
             top-level tap (`hook_embed`) `(pos,)` or `(pos, unit)`.
         batch_size: cells per device call, over all prompts at once.
+        mesh: split the cells (not the prompts) over this mesh's `data` axis.
         Other arguments as in `activation_patching`.
 
     Layers below the lowest listed layer and positions before the earliest listed position
@@ -294,6 +304,7 @@ def patch_cells(
         batch_size=batch_size,
         desc="cells",
         progress_bar=progress_bar,
+        mesh=mesh,
         axis=1,
     )
 
@@ -356,6 +367,7 @@ def path_patching(
     answer_pos: Int[ArrayLike, " prompt"] | None = None,
     batch_size: int = 8,
     progress_bar: bool = True,
+    mesh: Mesh | None = None,
 ) -> PyTree[Shaped[Array, "prompt set ..."]]:
     """Path patching from sender heads to receiver inputs, for many sender sets at once.
 
@@ -426,6 +438,7 @@ def path_patching(
                 batch_size=batch_size,
                 desc="path",
                 progress_bar=progress_bar,
+                mesh=mesh,
             )
         )
     return in_set_order(parts, groups, axis=1)

@@ -11,12 +11,14 @@ from collections.abc import Callable, Iterable, Mapping
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
 from .._typing import Array, ArrayLike, Float, Int
 from ..config import TransformerConfig
 from ..edits import AbstractEdit
 from ..inputs import check_mask, check_tokens
 from ..model import Span, Transformer
+from ..sharding import shard_rows
 from ..taps import Taps, resolve_capture
 
 __all__ = ["run", "forward", "kv_names", "kv_cache", "run_cached"]
@@ -107,6 +109,7 @@ def run(
     edits: Mapping[str, AbstractEdit] | None = None,
     past_kv: tuple[Array, Array] | None = None,
     attention_mask: ArrayLike | None = None,
+    mesh: Mesh | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """Runs the model, capturing and editing taps.
 
@@ -125,6 +128,8 @@ def run(
         attention_mask: `[(batch,) pos]`, 1 for real tokens and 0 for padding (HF
             semantics, left or right padding); position ids count real tokens only.
             Values at padded positions are finite but meaningless.
+        mesh: split the batch over this mesh's `data` axis (its size must divide the
+            batch; see `jaxinterp.sharding`).
 
     Returns:
         `(logits, cache)`: logits `[(batch,) pos, d_vocab]` and a plain dict from each
@@ -140,6 +145,10 @@ def run(
     if attention_mask is not None and past_kv is not None:
         raise ValueError("attention_mask with past_kv is not supported")
     mask = check_mask(attention_mask, tokens.shape)
+    if mesh is not None:
+        if tokens.ndim != 2:
+            raise ValueError("mesh splits a batch: tokens must be [batch, pos]")
+        tokens, mask = shard_rows((tokens, mask), mesh)
     capture = resolve_capture(capture, model.cfg)
     edits = dict(edits) if edits is not None else None
     return _run(model, tokens, capture, edits, past_kv, mask)

@@ -1,0 +1,123 @@
+"""Sweeps on a mesh of 8 simulated CPU devices (`--xla_force_host_platform_device_count`)
+equal the single-device results: prompts split over `data`, weights split over `model`
+(`sharding.shard_model`). The device count is fixed when JAX starts, so the comparison
+runs in a fresh interpreter."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import AbstractMesh
+from jax.sharding import PartitionSpec as P
+
+from jaxinterp import init_transformer, sharding
+
+from .helpers import tiny_config
+
+SCRIPT = textwrap.dedent(
+    """
+    import jax, numpy as np
+    from jaxinterp import run, sharding
+    from jaxinterp.kernels import (ablation_sweep, activation_patching, attribution_patching,
+        head_detector, mean_cache, metrics, patch_cells, path_patching)
+    from tests.helpers import tiny_config
+    from tests.test_kernels import random_model
+
+    assert len(jax.devices()) == 8
+    cfg = tiny_config(d_vocab=98)
+    model = random_model(cfg)
+    mesh = sharding.make_mesh(data=4, model=2)
+    sharded = sharding.shard_model(model, mesh)
+    spec = sharded.blocks.mlp.W_in.sharding.spec
+    assert spec == jax.sharding.PartitionSpec(None, None, "model"), spec
+    rng = np.random.default_rng(0)
+    n, n_pos = 10, 6
+    clean = rng.integers(0, cfg.d_vocab, (n, n_pos))
+    corrupt = rng.integers(0, cfg.d_vocab, (n, n_pos))
+    answer, wrong = rng.integers(0, cfg.d_vocab, (2, n))
+    mask = np.ones((n, n_pos), np.int32)
+    mask[3, :2] = 0
+    heads = np.zeros((5, cfg.n_layers, cfg.n_heads), bool)
+    heads[np.arange(5), np.arange(5) % 2, np.arange(5) % 4] = True
+    pair = dict(metric=metrics.logit_diff, metric_args=(answer, wrong), progress_bar=False)
+    cases = {
+        "run": lambda m, mesh: run(m, clean[:8], attention_mask=mask[:8], mesh=mesh)[0],
+        "ablation": lambda m, mesh: ablation_sweep(
+            m, clean, heads, tap="attn.hook_z", positions="all", attention_mask=mask,
+            batch_size=4, mesh=mesh, **pair),
+        "patching": lambda m, mesh: activation_patching(
+            m, clean, corrupt, batch_size=4, mesh=mesh, **pair),
+        "cells": lambda m, mesh: patch_cells(
+            m, clean, corrupt, np.array([[0, 2, 5], [1, 4, 7], [1, 5, 0]]),
+            batch_size=4, mesh=mesh, **pair),
+        "path": lambda m, mesh: path_patching(
+            m, clean, corrupt, heads[:3], heads[3, :, :] | heads[4], batch_size=4,
+            mesh=mesh, **pair),
+        "attribution": lambda m, mesh: attribution_patching(
+            m, clean, corrupt, taps=("mlp.hook_post",), batch_size=4, mesh=mesh,
+            **pair)["mlp.hook_post"],
+        "means": lambda m, mesh: mean_cache(
+            m, clean, ("attn.hook_z",), attention_mask=mask, batch_size=4, mesh=mesh,
+            progress_bar=False)["attn.hook_z"],
+        "heads": lambda m, mesh: head_detector(
+            m, clean, ("previous_token",), attention_mask=mask, batch_size=4, mesh=mesh,
+            progress_bar=False)["previous_token"],
+    }
+    for name, f in cases.items():
+        want = np.asarray(f(model, None))
+        got = f(sharded, mesh)
+        if name == "ablation":  # results stay split over the data axis
+            assert len(got.sharding.device_set) == 8, got.sharding
+        got = np.asarray(got)
+        scale = max(1.0, float(np.abs(want).max()))
+        err = float(np.abs(got - want).max()) / scale
+        assert got.shape == want.shape and err <= 1e-5, (name, err)
+        print(name, "ok", err)
+    """
+)
+
+
+def test_sweeps_on_a_mesh_equal_one_device():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env["JAX_PLATFORMS"] = "cpu"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count(" ok ") == 8, done.stdout
+
+
+def test_model_specs_split_heads_neurons_and_vocabulary():
+    cfg = tiny_config(d_vocab=98, n_kv_heads=1)
+    model = init_transformer(cfg, jax.random.key(0))
+    mesh = sharding.make_mesh(data=1, model=1)
+    assert all(s == P() for s in jax.tree.leaves(sharding.model_specs(model, mesh)))
+
+    specs = sharding.model_specs(model, AbstractMesh((1, 2), ("data", "model")))
+    assert specs.blocks.attn.W_Q == P(None, "model", None, None)
+    assert specs.blocks.attn.W_K == P()  # one kv head: not divisible, replicated
+    assert specs.blocks.mlp.W_out == P(None, "model", None)
+    assert specs.embed.W_E == P("model", None)
+    assert specs.unembed.W_U == P(None, "model")
+    assert specs.ln_final.w == P()
+
+
+def test_mesh_errors():
+    with pytest.raises(ValueError, match="needs 4 devices"):
+        sharding.make_mesh(data=4, model=1, devices=jax.devices()[:1])
+    mesh = sharding.make_mesh()
+    with pytest.raises(ValueError, match="does not split"):
+        sharding.shard_rows(np.zeros((3, 2)), AbstractMesh((2, 1), ("data", "model")))
+    assert sharding.rows_multiple(5, None) == 5
+    assert sharding.rows_multiple(5, AbstractMesh((4, 1), ("data", "model"))) == 8
+    assert mesh.shape["data"] == len(jax.devices())
