@@ -7,12 +7,18 @@
   (the Megatron layout: attention heads, MLP neurons and the vocabulary); XLA inserts the
   collectives. A dimension that the `model` axis does not divide stays replicated.
 
-Results come back as arrays split over `data`; they stay on the devices until read.
-`make_mesh` builds meshes whose axes let XLA propagate shardings (`AxisType.Auto`), which
-the kernels (written for one example, vmapped) rely on.
+Results come back as arrays split over `data`; they stay on the devices until read
+(`gather` brings one to the host, from every process). `make_mesh` builds meshes whose
+axes let XLA propagate shardings (`AxisType.Auto`), which the kernels (written for one
+example, vmapped) rely on.
+
+Several processes (hosts) run the same program on their own devices: call `initialize`
+first in each, then build the mesh over `jax.devices()` (every process's devices). Each
+process gives the kernels the same inputs and transfers only the rows of its own devices.
 """
 
 import math
+import os
 
 import jax
 import numpy as np
@@ -21,7 +27,16 @@ from jax.sharding import PartitionSpec as P
 
 from .model import Transformer
 
-__all__ = ["DATA", "MODEL", "make_mesh", "model_specs", "shard_model", "shard_rows"]
+__all__ = [
+    "DATA",
+    "MODEL",
+    "initialize",
+    "gather",
+    "make_mesh",
+    "model_specs",
+    "shard_model",
+    "shard_rows",
+]
 
 DATA, MODEL = "data", "model"
 
@@ -43,6 +58,46 @@ _SPLIT = {
     "unembed.W_U": -1,  # [d_model, d_vocab]
     "unembed.b_U": -1,
 }
+
+
+ENV = ("JAXINTERP_COORDINATOR", "JAXINTERP_NUM_PROCESSES", "JAXINTERP_PROCESS_ID")
+
+
+def initialize(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+    """Joins a multi-process run (`jax.distributed.initialize`); call it before any other
+    JAX call in every process.
+
+    Arguments default to the environment variables `JAXINTERP_COORDINATOR` (`host:port`
+    of process 0), `JAXINTERP_NUM_PROCESSES` and `JAXINTERP_PROCESS_ID`; when none is
+    set, JAX detects the cluster itself (TPU pods, SLURM, Open MPI, Kubernetes). On CPUs the
+    processes exchange data through gloo.
+    """
+    coordinator = coordinator or os.environ.get(ENV[0])
+    if num_processes is None and os.environ.get(ENV[1]):
+        num_processes = int(os.environ[ENV[1]])
+    if process_id is None and os.environ.get(ENV[2]):
+        process_id = int(os.environ[ENV[2]])
+    given = (coordinator, num_processes, process_id)
+    if any(v is not None for v in given) and any(v is None for v in given):
+        raise ValueError(
+            "a multi-process run needs the coordinator, the number of processes and "
+            f"this process's id (arguments or {', '.join(ENV)}), got {given}"
+        )
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator, num_processes, process_id)
+
+
+def gather(x) -> np.ndarray:
+    """A (possibly multi-process) array as one host array, the same in every process."""
+    if getattr(x, "is_fully_addressable", True):
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def make_mesh(data: int | None = None, model: int = 1, devices=None) -> Mesh:

@@ -1,9 +1,10 @@
 """Sweeps on a mesh of 8 simulated CPU devices (`--xla_force_host_platform_device_count`)
 equal the single-device results: prompts split over `data`, weights split over `model`
-(`sharding.shard_model`). The device count is fixed when JAX starts, so the comparison
-runs in a fresh interpreter."""
+(`sharding.shard_model`); so do two real processes joined by `jax.distributed` on
+localhost. The device count is fixed when JAX starts, so these run in fresh interpreters."""
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -121,3 +122,90 @@ def test_mesh_errors():
     assert sharding.rows_multiple(5, None) == 5
     assert sharding.rows_multiple(5, AbstractMesh((4, 1), ("data", "model"))) == 8
     assert mesh.shape["data"] == len(jax.devices())
+
+
+WORKER = textwrap.dedent(
+    """
+    import os, numpy as np
+    from jaxinterp import sharding
+    sharding.initialize()  # from JAXINTERP_COORDINATOR / _NUM_PROCESSES / _PROCESS_ID
+    import jax
+    from tests.test_sharding import two_process_sweeps
+    assert jax.process_count() == 2 and len(jax.devices()) == 2
+    mesh = sharding.make_mesh(data=2)
+    out = {k: sharding.gather(v) for k, v in two_process_sweeps(mesh).items()}
+    if jax.process_index() == 0:
+        np.savez(os.environ["OUT"], **out)
+    """
+)
+
+
+def two_process_sweeps(mesh) -> dict:
+    """An ablation sweep and an activation-patching sweep (results `[prompt, ...]`)."""
+    from jaxinterp.kernels import ablation_sweep, activation_patching, metrics
+
+    from .test_kernels import random_model
+
+    cfg = tiny_config(d_vocab=98)
+    model = random_model(cfg)
+    rng = np.random.default_rng(0)
+    clean, corrupt = rng.integers(0, cfg.d_vocab, (2, 10, 6))
+    answer, wrong = rng.integers(0, cfg.d_vocab, (2, 10))
+    heads = np.zeros((5, cfg.n_layers, cfg.n_heads), bool)
+    heads[np.arange(5), np.arange(5) % 2, np.arange(5) % 4] = True
+    kw = dict(
+        metric=metrics.logit_diff,
+        metric_args=(answer, wrong),
+        batch_size=4,
+        progress_bar=False,
+        mesh=mesh,
+    )
+    return {
+        "ablation": ablation_sweep(
+            model, clean, heads, tap="attn.hook_z", positions="all", **kw
+        ),
+        "patching": activation_patching(model, clean, corrupt, **kw),
+    }
+
+
+def test_two_processes_equal_one(tmp_path):
+    with socket.socket() as s:  # a free port for the coordinator
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        JAXINTERP_COORDINATOR=f"localhost:{port}",
+        JAXINTERP_NUM_PROCESSES="2",
+        OUT=str(tmp_path / "out.npz"),
+    )
+    env.pop("XLA_FLAGS", None)
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER],
+            cwd=root,
+            env=dict(env, JAXINTERP_PROCESS_ID=str(i)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    logs = [w.communicate(timeout=300)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers), logs
+    got = np.load(tmp_path / "out.npz")
+    for name, want in two_process_sweeps(None).items():
+        want = np.asarray(want)
+        assert got[name].shape == want.shape
+        np.testing.assert_allclose(
+            got[name], want, rtol=0, atol=1e-5 * max(1, abs(want).max())
+        )
+
+
+def test_initialize_needs_every_setting(monkeypatch):
+    monkeypatch.setenv("JAXINTERP_COORDINATOR", "localhost:1")
+    monkeypatch.delenv("JAXINTERP_NUM_PROCESSES", raising=False)
+    monkeypatch.delenv("JAXINTERP_PROCESS_ID", raising=False)
+    with pytest.raises(ValueError, match="number of processes"):
+        sharding.initialize()
