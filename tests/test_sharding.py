@@ -24,7 +24,7 @@ SCRIPT = textwrap.dedent(
     import jax, numpy as np
     from jaxinterp import run, sharding
     from jaxinterp.kernels import (ablation_sweep, activation_patching, attribution_patching,
-        head_detector, mean_cache, metrics, patch_cells, path_patching)
+        head_detector, mean_cache, metrics, operand_grid, patch_cells, path_patching)
     from tests.helpers import tiny_config
     from tests.test_kernels import random_model
 
@@ -64,6 +64,12 @@ SCRIPT = textwrap.dedent(
         "means": lambda m, mesh: mean_cache(
             m, clean, ("attn.hook_z",), attention_mask=mask, batch_size=4, mesh=mesh,
             progress_bar=False)["attn.hook_z"],
+        "grid": lambda m, mesh: operand_grid(
+            m, np.arange(5), np.arange(7), prefix=[1], middle=[2], suffix=[3],
+            batch_size=6, mesh=mesh, progress_bar=False),
+        "grid mean": lambda m, mesh: operand_grid(
+            m, np.arange(5), np.arange(7), prefix=[1], middle=[2], suffix=[3],
+            reduce="mean", batch_size=6, mesh=mesh, progress_bar=False),
         "heads": lambda m, mesh: head_detector(
             m, clean, ("previous_token",), attention_mask=mask, batch_size=4, mesh=mesh,
             progress_bar=False)["previous_token"],
@@ -95,7 +101,7 @@ def test_sweeps_on_a_mesh_equal_one_device():
         timeout=600,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count(" ok ") == 8, done.stdout
+    assert done.stdout.count(" ok ") == 10, done.stdout
 
 
 def test_model_specs_split_heads_neurons_and_vocabulary():

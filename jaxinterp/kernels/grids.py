@@ -19,6 +19,7 @@ float64 on the host, or `"topk"`: the top-k pairs of every unit), or written to 
 memmap that a later call resumes (`out=`).
 """
 
+import functools
 import os
 from collections.abc import Sequence
 from typing import Literal
@@ -27,11 +28,13 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from .._typing import ArrayLike, Int
 from ..inputs import check_indices, check_tokens
 from ..model import Transformer
 from ..results import open_resumable
+from ..sharding import gather, rows_multiple, shard_rows
 from ..store import model_digest
 from ..taps import Taps, every_layer
 from .batching import pad_rows, progress
@@ -183,6 +186,7 @@ def operand_grid(
     memory_budget: int = 1 << 30,
     progress_bar: bool = True,
     stacked: bool = False,
+    mesh: Mesh | None = None,
 ):
     """Taps of every prompt `prefix + [a] + middle + [b] + suffix` over the `a x b` grid.
 
@@ -213,6 +217,8 @@ def operand_grid(
         stacked: `model` is several models of one architecture stacked on a leading
             axis of every array (e.g. training checkpoints); all run in one program,
             vmapped over that axis, and every result gets a leading `checkpoint` axis.
+        mesh: split each block's `b` operands over this mesh's `data` axis (the block
+            width is rounded up to a multiple of it; see `jaxinterp.sharding`).
 
     Returns:
         `"full"`: array `[a, b, (pos,) layer, *unit]` (a numpy memmap when `out` is given).
@@ -333,20 +339,22 @@ def operand_grid(
     shared_kv = _shared_kv_stacked if stacked else _shared_kv
     kv = shared_kv(model, jnp.asarray(prefix), jnp.asarray(a_segments), spec.stop)
     rows, cols, blocks = _blocks(n_a, n_b, batch_size)
+    cols = rows_multiple(cols, mesh)  # padded columns are dropped like a short block's
+    place = jnp.asarray if mesh is None else functools.partial(shard_rows, mesh=mesh)
 
     def consume(block, a_idx, b_idx, acts):
         nonlocal total, top_v, top_i
         a0, a1, b0, b1 = block
         start, stop = _flat(block, n_b)
         if reduce == "full":
-            flat[start:stop] = np.asarray(acts)[: a1 - a0, : b1 - b0].reshape(
+            flat[start:stop] = gather(acts)[: a1 - a0, : b1 - b0].reshape(
                 -1, *item_shape
             )
             if finish is not None:
                 finish(stop)
         elif reduce == "mean":  # summed on device per block, accumulated in float64
             valid = (np.arange(rows) < a1 - a0)[:, None] & (np.arange(cols) < b1 - b0)
-            total += np.asarray(_block_sum(acts, jnp.asarray(valid)), np.float64)
+            total += gather(_block_sum(acts, jnp.asarray(valid))).astype(np.float64)
         else:
             valid = (np.arange(rows) < a1 - a0)[:, None] & (np.arange(cols) < b1 - b0)
             top_v, top_i = _merge_topk(
@@ -366,7 +374,7 @@ def operand_grid(
         a0, a1, b0, b1 = block
         a_idx = pad_rows(np.arange(a0, a1), rows)
         b_idx = pad_rows(np.arange(b0, b1), cols)
-        args = (model, kv, jnp.asarray(a_idx), jnp.asarray(b_segments[b_idx]))
+        args = (model, kv, jnp.asarray(a_idx), place(b_segments[b_idx]))
         if stacked:
             acts = _grid_chunk_stacked(*args, units_arr, spec, squeeze, own_units)
         else:
@@ -380,9 +388,9 @@ def operand_grid(
         return np.moveaxis(result, 2, 0) if stacked else result
     if reduce == "mean":
         return total / n_items
-    top_i = np.asarray(top_i).reshape(k, *item_shape)
+    top_i = gather(top_i).reshape(k, *item_shape)
     top = dict(
-        values=np.asarray(top_v).reshape(k, *item_shape),
+        values=gather(top_v).reshape(k, *item_shape),
         a=top_i // n_b,
         b=top_i % n_b,
     )
