@@ -381,20 +381,25 @@ def w2_ablation(name, model, tl, n_sets, n_prompts, tl_items):
     mean_t = torch.from_numpy(np.array(mean))
     bs = 200
 
+    def set_hooks(s):
+        """Mean-ablation hooks of set `s` at the last position (none below layer L)."""
+        hooks = []
+        for l in range(L, cfg.n_layers):
+            idx = torch.from_numpy(np.flatnonzero(masks[s, l]))
+            if idx.numel() == 0:
+                continue
+
+            def hook(act, hook, l=l, idx=idx):
+                act[:, -1, idx] = mean_t[l, -1, idx]
+                return act
+
+            hooks.append((f"blocks.{l}.mlp.hook_post", hook))
+        return hooks
+
     def tl_run():
         outs = []
         for s in range(sets):
-            hooks = []
-            for l in range(cfg.n_layers):
-                idx = torch.from_numpy(np.flatnonzero(masks[s, l]))
-                if idx.numel() == 0:
-                    continue
-
-                def hook(act, hook, l=l, idx=idx):
-                    act[:, -1, idx] = mean_t[l, -1, idx]
-                    return act
-
-                hooks.append((f"blocks.{l}.mlp.hook_post", hook))
+            hooks = set_hooks(s)
             for b in range(0, m, bs):
                 logits = tl.run_with_hooks(
                     torch.from_numpy(toks[b : min(b + bs, m)]), fwd_hooks=hooks
@@ -418,18 +423,7 @@ def w2_ablation(name, model, tl, n_sets, n_prompts, tl_items):
             start = tl(chunk, stop_at_layer=L) if L else None
             tt = torch.from_numpy(target[b : min(b + bs, m)])
             for s in range(sets):
-                hooks = []
-                for l in range(L, cfg.n_layers):
-                    idx = torch.from_numpy(np.flatnonzero(masks[s, l]))
-                    if idx.numel() == 0:
-                        continue
-
-                    def hook(act, hook, l=l, idx=idx):
-                        act[:, -1, idx] = mean_t[l, -1, idx]
-                        return act
-
-                    hooks.append((f"blocks.{l}.mlp.hook_post", hook))
-                with tl.hooks(fwd_hooks=hooks):
+                with tl.hooks(fwd_hooks=set_hooks(s)):
                     resid = (
                         tl(start, start_at_layer=L, stop_at_layer=cfg.n_layers)
                         if L

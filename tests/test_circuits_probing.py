@@ -8,29 +8,17 @@ import json
 import numpy as np
 import pytest
 
-from converters import registry
 from experiments.circuits import common, probing, probing_data
 from experiments.circuits.configs import ProbingConfig
-from jaxinterp_cli import main as cli
 
 from .helpers import write_tiny_llama
+from .test_circuits import cache, run_cli  # noqa: F401  (cache: autouse fixture)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     texts = [t for pool in probing_data.pools(0, 60).values() for t in pool]
     return write_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", texts)
-
-
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(registry.CACHE_ENV, str(tmp_path / "cache"))
-
-
-def run_cli(capsys, *argv):
-    code = cli.main(["--no-compile-cache", *map(str, argv)])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 SMALL = ["--texts-per-pool", 6, "--test-texts", 2, "--max-tokens", 12]
