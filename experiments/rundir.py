@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RunDir", "run_stages"]
+__all__ = ["RunDir", "run_stages", "write_json"]
 
 
 def _digest(path: pathlib.Path) -> str:
@@ -34,9 +34,18 @@ def _digest(path: pathlib.Path) -> str:
     return h.hexdigest()
 
 
-def _write_json(path: pathlib.Path, obj: Any) -> None:
+def _plain(value):
+    """numpy scalars as Python numbers (anything else is not JSON)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def write_json(path: pathlib.Path, obj: Any) -> None:
+    """Writes `obj` as JSON atomically (a temporary file renamed over `path`)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, allow_nan=True))
+    text = json.dumps(obj, indent=1, sort_keys=True, allow_nan=True, default=_plain)
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
@@ -72,7 +81,7 @@ class RunDir:
                 shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
         if not marker.exists():
-            _write_json(marker, self.identity)
+            write_json(marker, self.identity)
 
     @classmethod
     def existing(cls, path: str | os.PathLike) -> "RunDir":
@@ -105,7 +114,7 @@ class RunDir:
         tmp = path.with_name(f"{stage}.tmp.npz")
         np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
         os.replace(tmp, path)
-        _write_json(
+        write_json(
             self.path / f"{stage}.json", dict(summary, arrays_sha256=_digest(path))
         )
 

@@ -16,7 +16,6 @@ may define `show(ctx)` to print its result on the terminal.
 import dataclasses
 import functools
 import html
-import json
 import pathlib
 from types import ModuleType
 from typing import Any
@@ -29,7 +28,7 @@ from jaxinterp.model import Transformer
 from jaxinterp.store import model_digest
 
 from ..html_report import write_page
-from ..rundir import RunDir, run_stages
+from ..rundir import RunDir, run_stages, write_json
 from .configs import CONFIGS
 
 __all__ = ["Context", "EXPERIMENTS", "run_experiment", "write_report", "load"]
@@ -111,9 +110,7 @@ def run_experiment(
     if progress and hasattr(module, "show"):
         module.show(ctx)
     summary = dict(module.summary(ctx), config=dataclasses.asdict(config))
-    (rundir.path / "summary.json").write_text(
-        json.dumps(summary, indent=1, default=float, allow_nan=True)
-    )
+    write_json(rundir.path / "summary.json", summary)
     return write_report(out)
 
 
