@@ -74,6 +74,13 @@ SCRIPT = textwrap.dedent(
             m, clean, ("previous_token",), attention_mask=mask, batch_size=4, mesh=mesh,
             progress_bar=False)["previous_token"],
     }
+    # two checkpoints stacked on a leading axis, sharded like one model
+    other = jax.tree.map(lambda a: a * 0.9, model)
+    stack = jax.tree.map(lambda *a: jax.numpy.stack(a), model, other)
+    cases["stacked ablation"] = lambda m, mesh: ablation_sweep(
+        stack if mesh is None else sharding.shard_model(stack, mesh), clean, heads,
+        tap="attn.hook_z", positions="all", attention_mask=mask, batch_size=4,
+        stacked=True, mesh=mesh, **pair)
     for name, f in cases.items():
         want = np.asarray(f(model, None))
         got = f(sharded, mesh)
@@ -101,7 +108,7 @@ def test_sweeps_on_a_mesh_equal_one_device():
         timeout=600,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count(" ok ") == 10, done.stdout
+    assert done.stdout.count(" ok ") == 11, done.stdout
 
 
 def test_model_specs_split_heads_neurons_and_vocabulary():
