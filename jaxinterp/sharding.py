@@ -21,6 +21,7 @@ import math
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -151,8 +152,11 @@ def shard_model(model: Transformer, mesh: Mesh) -> Transformer:
     )
 
 
-def shard_rows(tree, mesh: Mesh | AbstractMesh):
-    """Every leaf split over `data` along its leading axis (whose size it must divide)."""
+def shard_rows(tree, mesh: Mesh | AbstractMesh | None):
+    """Every leaf split over `data` along its leading axis (whose size it must divide);
+    without a mesh, every leaf as a JAX array on the default device."""
+    if mesh is None:
+        return jax.tree.map(jnp.asarray, tree)
     n = mesh.shape[DATA]
 
     def put(a):

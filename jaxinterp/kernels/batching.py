@@ -2,7 +2,6 @@
 last one padded, so a whole sweep is one compile), a tqdm bar, padding dropped from the
 results."""
 
-import functools
 import warnings
 from collections.abc import Callable
 
@@ -98,14 +97,14 @@ def stream(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     batch_size = rows_multiple(min(batch_size, n), mesh)
-    place = jnp.asarray if mesh is None else functools.partial(shard_rows, mesh=mesh)
     starts = range(0, n, batch_size)
     outs, total = [], None
     for start in progress(starts, len(starts), desc, progress_bar):
         rows = slice(start, min(start + batch_size, n))
         n_valid = rows.stop - rows.start
         chunk = jax.tree.map(
-            lambda a, rows=rows: place(pad_rows(a[rows], batch_size)), batched
+            lambda a, rows=rows: shard_rows(pad_rows(a[rows], batch_size), mesh),
+            batched,
         )
         if weighted_sum:
             weight = jnp.asarray(np.arange(batch_size) < n_valid, jnp.float32)

@@ -19,7 +19,6 @@ float64 on the host, or `"topk"`: the top-k pairs of every unit), or written to 
 memmap that a later call resumes (`out=`).
 """
 
-import functools
 import os
 from collections.abc import Sequence
 from typing import Literal
@@ -340,7 +339,6 @@ def operand_grid(
     kv = shared_kv(model, jnp.asarray(prefix), jnp.asarray(a_segments), spec.stop)
     rows, cols, blocks = _blocks(n_a, n_b, batch_size)
     cols = rows_multiple(cols, mesh)  # padded columns are dropped like a short block's
-    place = jnp.asarray if mesh is None else functools.partial(shard_rows, mesh=mesh)
 
     def consume(block, a_idx, b_idx, acts):
         nonlocal total, top_v, top_i
@@ -374,7 +372,7 @@ def operand_grid(
         a0, a1, b0, b1 = block
         a_idx = pad_rows(np.arange(a0, a1), rows)
         b_idx = pad_rows(np.arange(b0, b1), cols)
-        args = (model, kv, jnp.asarray(a_idx), place(b_segments[b_idx]))
+        args = (model, kv, jnp.asarray(a_idx), shard_rows(b_segments[b_idx], mesh))
         if stacked:
             acts = _grid_chunk_stacked(*args, units_arr, spec, squeeze, own_units)
         else:

@@ -145,10 +145,9 @@ def run(
     if attention_mask is not None and past_kv is not None:
         raise ValueError("attention_mask with past_kv is not supported")
     mask = check_mask(attention_mask, tokens.shape)
-    if mesh is not None:
-        if tokens.ndim != 2:
-            raise ValueError("mesh splits a batch: tokens must be [batch, pos]")
-        tokens, mask = shard_rows((tokens, mask), mesh)
+    if mesh is not None and tokens.ndim != 2:
+        raise ValueError("mesh splits a batch: tokens must be [batch, pos]")
+    tokens, mask = shard_rows((tokens, mask), mesh)
     capture = resolve_capture(capture, model.cfg)
     edits = dict(edits) if edits is not None else None
     return _run(model, tokens, capture, edits, past_kv, mask)
