@@ -27,9 +27,11 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+from jax.sharding import Mesh
 
 from jaxinterp.config import TransformerConfig
 from jaxinterp.model import Transformer, init_transformer
+from jaxinterp.sharding import model_shardings, place
 
 
 class ConversionError(ValueError):
@@ -645,6 +647,7 @@ def load_params(
     *,
     dtype=None,
     post=None,
+    mesh: Mesh | None = None,
 ) -> Transformer:
     """Builds a `Transformer` from HF tensors through a key table.
 
@@ -661,6 +664,9 @@ def load_params(
             tensor (the embedding).
         post: optional `dict[path, array] -> None` hook that fills parameters the table
             cannot express (GPT-J's shared norm, tied unembedding).
+        mesh: place each parameter on this mesh as `jaxinterp.sharding.model_specs` says,
+            straight from the host (each device receives only its part); default: the
+            default device.
 
     Raises:
         ConversionError: missing or unexpected keys, a non-float tensor or requested dtype,
@@ -733,14 +739,18 @@ def load_params(
         post(values)
     leaves = []
     flat, treedef = jax.tree_util.tree_flatten_with_path(skeleton)
-    for path, leaf in flat:
+    where = (
+        jax.tree.leaves(model_shardings(skeleton, mesh)) if mesh else [None] * len(flat)
+    )
+    for (path, leaf), sharding in zip(flat, where, strict=True):
         name = ".".join(k.name for k in path)
         if name in values:
-            leaves.append(jnp.asarray(values.pop(name)))
+            value = values.pop(name)
         elif name.split(".")[-1].startswith("b"):  # biases the checkpoint does not have
-            leaves.append(jnp.zeros(leaf.shape, dtype))
+            value = np.zeros(leaf.shape, dtype)
         else:
             raise ConversionError(f"converter table leaves {name} unset")
+        leaves.append(place(value, sharding) if mesh else jnp.asarray(value))
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 

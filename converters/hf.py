@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from jax.sharding import Mesh
 
 from jaxinterp.config import TransformerConfig
 from jaxinterp.model import Transformer
@@ -48,6 +49,7 @@ def from_hf_dict(
     *,
     dtype=None,
     source: str | os.PathLike | None = None,
+    mesh: Mesh | None = None,
 ) -> Transformer:
     """Converts an HF config dict and its tensors (HF key -> array) to a `Transformer`.
 
@@ -57,6 +59,8 @@ def from_hf_dict(
         dtype: parameter dtype (float16, bfloat16, float32 or float64); default: the
             checkpoint's embedding dtype.
         source: what the config came from (e.g. the `config.json` path), for messages.
+        mesh: place the parameters on this mesh as `jaxinterp.sharding.model_specs` says
+            (each device receives only its part); default: the default device.
 
     Returns:
         The converted model.
@@ -70,7 +74,7 @@ def from_hf_dict(
     cfg, table, post, family = hf_config_to_ours(hf_config, source=source)
     if family is gpt2:
         tensors = gpt2.normalize_keys(dict(tensors))
-    return load_params(tensors, cfg, table, dtype=dtype, post=post)
+    return load_params(tensors, cfg, table, dtype=dtype, post=post, mesh=mesh)
 
 
 def hf_config_to_ours(
@@ -95,13 +99,16 @@ def hf_config_to_ours(
     return cfg, table, post, family
 
 
-def from_pretrained(path: str | os.PathLike, *, dtype=None) -> Transformer:
+def from_pretrained(
+    path: str | os.PathLike, *, dtype=None, mesh: Mesh | None = None
+) -> Transformer:
     """Loads a local HF checkpoint directory (`config.json` + safetensors).
 
     Arguments:
         path: directory with `config.json` and `model.safetensors` (or a sharded index, or
             `pytorch_model.bin` when torch is installed).
         dtype: parameter dtype; default: keep the checkpoint's.
+        mesh: see `from_hf_dict`.
 
     Returns:
         The converted model (see `from_hf_dict`).
@@ -116,7 +123,8 @@ def from_pretrained(path: str | os.PathLike, *, dtype=None) -> Transformer:
     hf = read_json_object(d / "config.json")
     # Check the config before touching the weights: its errors are the clearer ones.
     hf_config_to_ours(hf, source=d / "config.json")
-    return from_hf_dict(hf, read_checkpoint(d), dtype=dtype, source=d / "config.json")
+    tensors = read_checkpoint(d)
+    return from_hf_dict(hf, tensors, dtype=dtype, source=d / "config.json", mesh=mesh)
 
 
 def to_hf_dict(model: Transformer, architecture: str, *, dtype=None):

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+from jax.sharding import Mesh
 
 from jaxinterp import store
 from jaxinterp.model import Transformer
@@ -134,6 +135,7 @@ def load(
     *,
     dtype: Any = None,
     cache: bool = False,
+    mesh: Mesh | None = None,
 ) -> Transformer:
     """Loads a model from a registry name, a `.gguf` file, an HF directory or a store.
 
@@ -144,6 +146,9 @@ def load(
             directories and stores.
         cache: keep the converted model in `$JAXINTERP_CACHE/models/` and reuse it on the
             next call (skipping dequantization and conversion). Ignored for stores.
+        mesh: place the parameters on this mesh (`jaxinterp.sharding.model_specs`: heads,
+            neurons and vocabulary split over its `model` axis), each leaf straight from
+            the host to its devices; default: the default device.
 
     Returns:
         The `Transformer`, numerically identical to what the converter produces.
@@ -159,22 +164,28 @@ def load(
     kind, path = source_info(name_or_path)
     dtype = None if dtype is None else float_dtype(dtype)
     if kind == "orbax":
-        model = store.load_model(path)
-        return model if dtype is None else _cast(model, dtype)
+        if dtype is not None:
+            return _cast(store.load_model(path, mesh=mesh), dtype)
+        return store.load_model(path, mesh=mesh)
     if not cache:
-        return _convert(kind, path, dtype)
+        return _convert(kind, path, dtype, mesh)
+    if mesh is not None and jax.process_count() > 1:
+        raise ValueError(
+            "cache=True on a multi-process run: convert once (`jaxinterp convert SOURCE "
+            "STORE --format orbax`) and load the store in every process"
+        )
 
     entry = _cache_path(name_or_path, kind, path, dtype)
     if entry.exists():
         try:
-            return store.load_model(entry)
+            return store.load_model(entry, mesh=mesh)
         except ValueError as e:
             warnings.warn(
                 f"damaged model cache entry {entry} ({e}); converting again",
                 RuntimeWarning,
                 stacklevel=2,
             )
-    model = _convert(kind, path, dtype)
+    model = _convert(kind, path, dtype, mesh)
     metadata = {"source": str(path), "kind": kind}
     architecture = source_architecture(kind, path)
     if architecture is not None:
@@ -257,13 +268,13 @@ def tokenizer_files(tokenizer: TextTokenizer) -> dict[str, bytes]:
 # --- internals ---------------------------------------------------------------------------
 
 
-def _convert(kind: str, path: Path, dtype) -> Transformer:
+def _convert(kind: str, path: Path, dtype, mesh) -> Transformer:
     if kind == "gguf":
         # read_gguf casts each tensor right after dequantizing it, so a bfloat16 load never
         # holds a float32 copy of the whole model.
         config, tensors = read_gguf(path, dtype=dtype)
-        return from_hf_dict(config, tensors, dtype=dtype)
-    return from_pretrained(path, dtype=dtype)
+        return from_hf_dict(config, tensors, dtype=dtype, mesh=mesh)
+    return from_pretrained(path, dtype=dtype, mesh=mesh)
 
 
 def _cast(model: Transformer, dtype) -> Transformer:

@@ -32,9 +32,12 @@ __all__ = [
     "DATA",
     "MODEL",
     "initialize",
+    "barrier",
     "gather",
     "make_mesh",
     "model_specs",
+    "model_shardings",
+    "place",
     "shard_model",
     "shard_rows",
 ]
@@ -92,6 +95,15 @@ def initialize(
     jax.distributed.initialize(coordinator, num_processes, process_id)
 
 
+def barrier(name: str) -> None:
+    """Waits until every process of a multi-process run reaches the barrier `name` (a
+    no-op in a single process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def gather(x) -> np.ndarray:
     """A (possibly multi-process) array as one host array, the same in every process."""
     if getattr(x, "is_fully_addressable", True):
@@ -142,14 +154,18 @@ def model_specs(model: Transformer, mesh: Mesh | AbstractMesh) -> Transformer:
     return jax.tree_util.tree_map_with_path(spec, model)
 
 
+def model_shardings(model: Transformer, mesh: Mesh) -> Transformer:
+    """The `NamedSharding` of every parameter on `mesh` (a pytree like `model`, which may
+    be abstract, e.g. from `eqx.filter_eval_shape`), as `model_specs` says."""
+    return jax.tree.map(
+        lambda _, spec: NamedSharding(mesh, spec), model, model_specs(model, mesh)
+    )
+
+
 def shard_model(model: Transformer, mesh: Mesh) -> Transformer:
     """`model` placed on the mesh: split over `model` as `model_specs` says, replicated
     over `data`. Works on stacked checkpoints too (the extra leading axis is kept whole)."""
-    return jax.tree.map(
-        lambda a, spec: jax.device_put(a, NamedSharding(mesh, spec)),
-        model,
-        model_specs(model, mesh),
-    )
+    return jax.tree.map(place, model, model_shardings(model, mesh))
 
 
 def shard_rows(tree, mesh: Mesh | AbstractMesh | None):
@@ -164,9 +180,20 @@ def shard_rows(tree, mesh: Mesh | AbstractMesh | None):
             raise ValueError(
                 f"a leading axis of {np.shape(a)[:1]} does not split over {n} devices"
             )
-        return jax.device_put(a, NamedSharding(mesh, P(DATA)))
+        return place(a, NamedSharding(mesh, P(DATA)))
 
     return jax.tree.map(put, tree)
+
+
+def place(value, sharding: jax.sharding.Sharding) -> jax.Array:
+    """`value` (a host or single-device array, the same in every process) laid out as
+    `sharding`: each device receives only its part, and on a multi-process run each
+    process transfers only the parts of its own devices (without `jax.device_put`'s check
+    that every process passed equal values, a collective per call)."""
+    if jax.process_count() == 1 or not getattr(value, "is_fully_addressable", True):
+        return jax.device_put(value, sharding)
+    host = np.asarray(value)
+    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
 
 def rows_multiple(batch_size: int, mesh: Mesh | AbstractMesh | None) -> int:

@@ -65,9 +65,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from .config import TransformerConfig
 from .model import Transformer, init_transformer
+from .sharding import model_shardings, place
 
 __all__ = [
     "save_model",
@@ -252,7 +254,9 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     return dict(_read_header(Path(path).expanduser())["metadata"])
 
 
-def load_model(path: str | os.PathLike[str]) -> Transformer:
+def load_model(
+    path: str | os.PathLike[str], *, mesh: Mesh | None = None
+) -> Transformer:
     """Loads a store written by `save_model`, verifying every leaf against its checksum.
 
     The module structure comes from the stored config via `eqx.filter_eval_shape` (nothing
@@ -260,6 +264,9 @@ def load_model(path: str | os.PathLike[str]) -> Transformer:
 
     Arguments:
         path: the store directory.
+        mesh: place the parameters on this mesh as `jaxinterp.sharding.model_specs` says;
+            each leaf goes from the host straight to its devices, each receiving only its
+            part. Default: the default device.
 
     Returns:
         The model, bit-identical to the one saved.
@@ -310,16 +317,19 @@ def load_model(path: str | os.PathLike[str]) -> Transformer:
             stacklevel=2,
         )
     # Restored onto the host first (no copy to read the bytes for the checksum), then put
-    # on the default device.
+    # on the default device or the mesh, one leaf at a time.
     try:
         host = jax.devices("cpu")[0]
     except RuntimeError:  # no CPU backend (e.g. JAX_PLATFORMS=cuda)
         host = jax.devices()[0]
     host_sharding = jax.sharding.SingleDeviceSharding(host)
-    device = jax.devices()[0]
+    if mesh is None:
+        where = [jax.sharding.SingleDeviceSharding(jax.devices()[0])] * len(flat)
+    else:
+        where = jax.tree.leaves(model_shardings(skeleton, mesh))
     leaves = []
     with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
-        for name in names:
+        for name, sharding in zip(names, where, strict=True):
             spec = stored[name]
             want = jax.ShapeDtypeStruct(spec.shape, spec.dtype)
             # One leaf per restore: as fast as one concurrent restore here, and a damaged
@@ -355,7 +365,7 @@ def load_model(path: str | os.PathLike[str]) -> Transformer:
                     f"{path}: corrupt store: leaf {name} does not match its checksum (its "
                     "stored data was changed or damaged after it was saved)"
                 )
-            leaves.append(jax.device_put(value, device))
+            leaves.append(place(value, sharding))
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 

@@ -8,6 +8,7 @@ Importing this module registers the models that packages outside `converters` sh
 (`experiments.arith_model` registers `arith-neox`).
 """
 
+import json
 import math
 import re
 import time
@@ -336,3 +337,59 @@ def _license(text: str) -> str:
 def _quoted_tokens(tokenizer, ids: list[int], limit: int = 24) -> str:
     shown = " ".join(repr(tokenizer.decode([i])) for i in ids[:limit])
     return shown + (" ..." if len(ids) > limit else "")
+
+
+def grid(
+    *,
+    model: str,
+    op: str,
+    out: str,
+    tap: str,
+    layers: list[int] | None,
+    max_op: int | None,
+    batch_size: int | None,
+    mesh: tuple[int, int] | None,
+    distributed: bool,
+    coordinator: str | None,
+    num_processes: int | None,
+    process_id: int | None,
+) -> int:
+    from experiments.arith_heuristics import pipeline
+    from experiments.arith_heuristics.circuit import operand_values
+    from jaxinterp import sharding
+    from jaxinterp.kernels import operand_grid
+
+    joined = (coordinator, num_processes, process_id)
+    if distributed or any(v is not None for v in joined):
+        sharding.initialize(*joined)  # before anything else touches a device
+    if model not in pipeline.MODEL_DEFAULTS:
+        raise UserError(
+            f"grid builds the arithmetic pipeline's prompts, for "
+            f"{', '.join(pipeline.MODEL_DEFAULTS)}; not {model!r}"
+        )
+    given = {} if max_op is None else {"max_op": max_op}
+    config = pipeline.Config(model=model, **pipeline.MODEL_DEFAULTS[model], **given)
+    task = pipeline.make_task(config)
+    xs, ys = (operand_values(config, op, i) for i in (0, 1))
+    on = None if mesh is None else sharding.make_mesh(*mesh)
+    result = operand_grid(
+        pipeline.load_model(model, mesh=on),
+        task.operand_tokens(xs),
+        task.operand_tokens(ys),
+        **task.grid_template(op),
+        tap=tap,
+        layers=layers,
+        out=out,
+        batch_size=batch_size,
+        mesh=on,
+    )
+    if jax.process_index() == 0:
+        operands = Path(out) / "operands.json"
+        operands.write_text(json.dumps({"op": op, "a": xs.tolist(), "b": ys.tolist()}))
+        devices = "1 device" if on is None else f"a {mesh[0]} x {mesh[1]} mesh"
+        print(
+            f"{model} {op}: {tap} grid {list(result.shape)} [a, b, layer, unit] on "
+            f"{devices} ({jax.process_count()} process(es)) -> {out} (zarr; operand "
+            f"values in {operands})"
+        )
+    return 0

@@ -78,10 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _digit_pair(text: str) -> tuple[int, int]:
     try:
-        a, b = (int(part) for part in text.split(","))
-    except ValueError:
+        a, b = (_positive_int(part) for part in text.split(","))
+    except (ValueError, argparse.ArgumentTypeError):
         raise argparse.ArgumentTypeError(
-            f"expected two digit counts like 2,2, got {text!r}"
+            f"expected two positive counts like 2,2, got {text!r}"
         ) from None
     return a, b
 
@@ -237,6 +237,59 @@ def build_parser() -> argparse.ArgumentParser:
         help="list the tap names this model has and exit",
     )
     p.set_defaults(command="taps")
+
+    p = sub.add_parser(
+        "grid",
+        parents=[run_options],
+        help="an operand grid (K maps) of an arithmetic model into a sharded zarr store",
+        description="Record TAP at the last position of every prompt 'a OP b =' of the "
+        "arithmetic pipeline's layout for MODEL, over all operand pairs, into OUT (a zarr "
+        "directory [a, b, layer, unit], resumed after a kill). With --mesh the pairs are "
+        "split over the devices; on a multi-process run every process runs this same "
+        "command, and each writes only the pairs its own devices computed.",
+    )
+    p.add_argument(
+        "--model", default="arith-neox", metavar="MODEL", help="(arith-neox)"
+    )
+    p.add_argument("--op", choices=("+", "-", "*", "/"), required=True)
+    p.add_argument("--out", required=True, help="the zarr directory")
+    p.add_argument("--tap", default="mlp.hook_post", help="block tap (mlp.hook_post)")
+    p.add_argument(
+        "--layers",
+        type=_int_list,
+        default=None,
+        metavar="L,L,...",
+        help="layers recorded (all)",
+    )
+    p.add_argument(
+        "--max-op",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="operands are below N (300)",
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=None, metavar="N")
+    p.add_argument(
+        "--mesh",
+        type=_digit_pair,
+        default=None,
+        metavar="DATA,MODEL",
+        help="a DATA x MODEL device mesh: pairs split over DATA, weights over MODEL",
+    )
+    multi = p.add_argument_group(
+        "multi-process runs (jax.distributed; every process runs the same command)"
+    )
+    multi.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a multi-process run: the settings below, else JAXINTERP_COORDINATOR, "
+        "JAXINTERP_NUM_PROCESSES and JAXINTERP_PROCESS_ID, else detected by JAX (TPU "
+        "pods, SLURM, Open MPI)",
+    )
+    multi.add_argument("--coordinator", default=None, metavar="HOST:PORT")
+    multi.add_argument("--num-processes", type=_positive_int, default=None)
+    multi.add_argument("--process-id", type=int, default=None)
+    p.set_defaults(command="grid")
 
     p = sub.add_parser(
         "arithmetic",

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tensorstore as ts
 
 from jaxinterp import Add, Replace, init_transformer, process, run
 from jaxinterp.kernels import (
@@ -804,6 +805,29 @@ def test_operand_grid(setup, prefix_len, tmp_path):
             grids.operand_grid(*args, out=path, **(kw | changes))
     with pytest.raises(ValueError, match="remove it"):
         grids.operand_grid(model, a_tok, b_tok[:2], out=path, **kw)
+    # a zarr directory (the multi-process format, here one process): the same contract
+    zarr = tmp_path / "grid.zarr"
+    got = grids.operand_grid(model, a_tok, b_tok, out=zarr, **(kw | dict(batch_size=2)))
+    assert close(np.asarray(got), full[:, :, :, -1])
+    progress = zarr / "progress" / "0-of-1.json"
+    zarr.rename(tmp_path / "grid.zarr.partial")  # as if killed after 6 of 12 pairs
+    marker = tmp_path / "grid.zarr.partial" / "progress" / "0-of-1.json"
+    marker.write_text(json.dumps(json.loads(marker.read_text()) | {"done": 6}))
+    where = {"driver": "file", "path": str(marker.parents[1] / "array")}
+    array = ts.open({"driver": "zarr3", "kvstore": where}).result()
+    array[:2].write(np.full(array[:2].shape, 7.0, np.float32)).result()  # a sentinel
+    with pytest.raises(ValueError, match="different computation .*tokens"):
+        grids.operand_grid(model, a_tok, other, out=zarr, **kw)
+    with pytest.raises(ValueError, match="same batch size and mesh"):
+        grids.operand_grid(model, a_tok, b_tok, out=zarr, **(kw | dict(batch_size=3)))
+    stored = grids.operand_grid(
+        model, a_tok, b_tok, out=zarr, **(kw | dict(batch_size=2))
+    )
+    assert json.loads(progress.read_text())["done"] == 12
+    stored = np.asarray(stored)
+    assert (stored[:2] == 7.0).all() and np.array_equal(stored[2:], np.asarray(got)[2:])
+    with pytest.raises(ValueError, match="different computation"):
+        grids.operand_grid(other_model, a_tok, b_tok, out=zarr, **kw)
     with pytest.raises(ValueError, match="must lie"):
         grids.operand_grid(model, a_tok, b_tok, positions=prefix_len, **kw)
 

@@ -1,13 +1,16 @@
 """Sweeps on a mesh of 8 simulated CPU devices (`--xla_force_host_platform_device_count`)
 equal the single-device results: prompts split over `data`, weights split over `model`
-(`sharding.shard_model`); so do two real processes joined by `jax.distributed` on
-localhost. The device count is fixed when JAX starts, so these run in fresh interpreters."""
+(`sharding.shard_model`, or loaded straight onto the mesh); so do two real processes joined
+by `jax.distributed` on localhost, and a killed two-process grid resumes bitwise. The
+device count is fixed when JAX starts, so these run in fresh interpreters."""
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import numpy as np
@@ -21,8 +24,8 @@ from .helpers import tiny_config
 
 SCRIPT = textwrap.dedent(
     """
-    import jax, numpy as np
-    from jaxinterp import run, sharding
+    import os, jax, numpy as np
+    from jaxinterp import init_transformer, run, sharding
     from jaxinterp.kernels import (ablation_sweep, activation_patching, attribution_patching,
         head_detector, mean_cache, metrics, operand_grid, patch_cells, path_patching)
     from tests.helpers import tiny_config
@@ -67,6 +70,10 @@ SCRIPT = textwrap.dedent(
         "grid": lambda m, mesh: operand_grid(
             m, np.arange(5), np.arange(7), prefix=[1], middle=[2], suffix=[3],
             batch_size=6, mesh=mesh, progress_bar=False),
+        "grid zarr": lambda m, mesh: operand_grid(
+            m, np.arange(5), np.arange(7), prefix=[1], middle=[2], suffix=[3],
+            batch_size=6, mesh=mesh, progress_bar=False,
+            out=os.path.join(os.environ["OUT"], f"grid-{mesh is None}.zarr")),
         "grid mean": lambda m, mesh: operand_grid(
             m, np.arange(5), np.arange(7), prefix=[1], middle=[2], suffix=[3],
             reduce="mean", batch_size=6, mesh=mesh, progress_bar=False),
@@ -81,6 +88,23 @@ SCRIPT = textwrap.dedent(
         stack if mesh is None else sharding.shard_model(stack, mesh), clean, heads,
         tap="attn.hook_z", positions="all", attention_mask=mask, batch_size=4,
         stacked=True, mesh=mesh, **pair)
+    # loading straight onto the mesh: a store, and a conversion from HF tensors
+    from jaxinterp import store
+    from converters.hf import from_hf_dict, to_hf_dict
+    from converters.loading import load
+    llama = init_transformer(tiny_config(d_vocab=98, d_mlp=96, n_heads=4), jax.random.key(1))
+    store.save_model(llama, os.path.join(os.environ["OUT"], "store"))
+    loaded = {
+        "store": load(os.path.join(os.environ["OUT"], "store"), mesh=mesh),
+        "hf": from_hf_dict(*to_hf_dict(llama, "LlamaForCausalLM"), mesh=mesh),
+    }
+    for how, got in loaded.items():
+        for a, b, want in zip(jax.tree.leaves(got), jax.tree.leaves(llama),
+                              jax.tree.leaves(sharding.model_shardings(llama, mesh))):
+            assert a.sharding.is_equivalent_to(want, a.ndim), (how, a.sharding, want)
+            assert np.array_equal(np.asarray(a), np.asarray(b)), how
+        assert got.blocks.mlp.W_in.addressable_shards[0].data.shape[-1] == 48
+        print("load", how, "ok", 0.0)
     for name, f in cases.items():
         want = np.asarray(f(model, None))
         got = f(sharded, mesh)
@@ -95,8 +119,9 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_sweeps_on_a_mesh_equal_one_device():
+def test_sweeps_on_a_mesh_equal_one_device(tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env["OUT"] = str(tmp_path)
     env["JAX_PLATFORMS"] = "cpu"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     done = subprocess.run(
@@ -108,7 +133,7 @@ def test_sweeps_on_a_mesh_equal_one_device():
         timeout=600,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count(" ok ") == 11, done.stdout
+    assert done.stdout.count(" ok ") == 14, done.stdout
 
 
 def test_model_specs_split_heads_neurons_and_vocabulary():
@@ -148,7 +173,7 @@ WORKER = textwrap.dedent(
     mesh = sharding.make_mesh(data=2)
     out = {k: sharding.gather(v) for k, v in two_process_sweeps(mesh).items()}
     if jax.process_index() == 0:
-        np.savez(os.environ["OUT"], **out)
+        np.savez(os.environ["OUT"] + "/out.npz", **out)
     """
 )
 
@@ -181,7 +206,10 @@ def two_process_sweeps(mesh) -> dict:
     }
 
 
-def test_two_processes_equal_one(tmp_path):
+def launch(script: str, tmp_path, **env) -> list[tuple[int, str]]:
+    """Runs `script` in two processes joined by `jax.distributed` on localhost; returns
+    each one's exit code and output. When one fails, the other is killed (it would wait
+    for its peer until the coordination service times out)."""
     with socket.socket() as s:  # a free port for the coordinator
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
@@ -191,12 +219,13 @@ def test_two_processes_equal_one(tmp_path):
         JAX_PLATFORMS="cpu",
         JAXINTERP_COORDINATOR=f"localhost:{port}",
         JAXINTERP_NUM_PROCESSES="2",
-        OUT=str(tmp_path / "out.npz"),
+        OUT=str(tmp_path),
+        **env,
     )
     env.pop("XLA_FLAGS", None)
     workers = [
         subprocess.Popen(
-            [sys.executable, "-c", WORKER],
+            [sys.executable, "-c", script],
             cwd=root,
             env=dict(env, JAXINTERP_PROCESS_ID=str(i)),
             stdout=subprocess.PIPE,
@@ -205,8 +234,20 @@ def test_two_processes_equal_one(tmp_path):
         )
         for i in range(2)
     ]
-    logs = [w.communicate(timeout=300)[0] for w in workers]
-    assert all(w.returncode == 0 for w in workers), logs
+    deadline = time.monotonic() + 300
+    while any(w.poll() is None for w in workers) and time.monotonic() < deadline:
+        if any(w.poll() not in (None, 0) for w in workers):
+            break
+        time.sleep(0.1)
+    for w in workers:
+        w.kill()
+    logs = [w.communicate()[0] for w in workers]
+    return [(w.returncode, log) for w, log in zip(workers, logs, strict=True)]
+
+
+def test_two_processes_equal_one(tmp_path):
+    ran = launch(WORKER, tmp_path)
+    assert all(rc == 0 for rc, _ in ran), ran
     got = np.load(tmp_path / "out.npz")
     for name, want in two_process_sweeps(None).items():
         want = np.asarray(want)
@@ -216,9 +257,116 @@ def test_two_processes_equal_one(tmp_path):
         )
 
 
+GRID_WORKER = textwrap.dedent(
+    """
+    import json, os, signal, time, numpy as np
+    from jaxinterp import results, sharding
+    sharding.initialize()
+    import jax
+    from jaxinterp.kernels import operand_grid
+    from tests.helpers import tiny_config
+    from tests.test_kernels import random_model
+
+    me, out = jax.process_index(), os.environ["OUT"]
+    kill_after = int(os.environ.get("KILL_AFTER", 0))  # process 1 dies after it
+    commit, commits = results.ShardedResult.commit, []
+
+    def logged(self, stop):  # process 1: kill -9 once process 0 is 2 blocks ahead
+        commit(self, stop)
+        commits.append(stop)
+        with open(os.path.join(out, f"commits-{me}.json.tmp"), "w") as f:
+            json.dump(commits, f)
+        os.replace(f.name, f.name[:-4])
+        if me == 1 and len(commits) == kill_after:
+            ahead = os.path.join(out, "commits-0.json")
+            for _ in range(600):
+                if os.path.exists(ahead) and len(json.load(open(ahead))) > kill_after + 1:
+                    break
+                time.sleep(0.1)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    results.ShardedResult.commit = logged
+    model = random_model(tiny_config(d_vocab=98))
+    mesh = sharding.make_mesh(data=2)
+    kw = dict(prefix=[1], middle=[2], suffix=[3], batch_size=7, mesh=mesh,
+              progress_bar=False)
+    grid = operand_grid(model, np.arange(6), np.arange(7), out=out + "/grid.zarr", **kw)
+    results.ShardedResult.commit = commit
+    whole = sharding.gather(operand_grid(model, np.arange(6), np.arange(7), **kw))
+    if me == 0:
+        np.savez(out + "/grids.npz", zarr=np.asarray(grid), memory=whole)
+    """
+)
+
+
+def test_killed_multi_process_grid_resumes_bitwise(tmp_path):
+    """Two processes write an operand grid to a zarr directory (one row of 7 pairs per
+    block, 6 blocks), each only the columns of its device. Process 1 is killed (-9) after
+    recording 2 blocks (once process 0 has recorded 4), then process 0; rerun, both resume
+    at block 3 (the first that some process had not recorded), and the result is bitwise
+    the grid the same processes compute in memory."""
+    ran = launch(GRID_WORKER, tmp_path, KILL_AFTER="2")
+    assert [rc for rc, _ in ran] == [-9, -9], ran
+    partial = tmp_path / "grid.zarr.partial"
+    assert not (tmp_path / "grid.zarr").exists() and partial.is_dir()
+    done = [
+        json.loads((partial / "progress" / f"{i}-of-2.json").read_text())["done"]
+        for i in range(2)
+    ]
+    assert done[1] == 2 * 7 and done[0] >= 4 * 7, done
+
+    ran = launch(GRID_WORKER, tmp_path)
+    assert all(rc == 0 for rc, _ in ran), ran
+    resumed = [
+        json.loads((tmp_path / f"commits-{i}.json").read_text()) for i in range(2)
+    ]
+    assert resumed == [[21, 28, 35, 42]] * 2  # blocks 3-6 only
+    assert not partial.exists()
+    got = np.load(tmp_path / "grids.npz")
+    assert got["zarr"].shape == (6, 7, 2, 96)
+    np.testing.assert_array_equal(got["zarr"], got["memory"])
+
+
 def test_initialize_needs_every_setting(monkeypatch):
     monkeypatch.setenv("JAXINTERP_COORDINATOR", "localhost:1")
     monkeypatch.delenv("JAXINTERP_NUM_PROCESSES", raising=False)
     monkeypatch.delenv("JAXINTERP_PROCESS_ID", raising=False)
     with pytest.raises(ValueError, match="number of processes"):
         sharding.initialize()
+
+
+CLI_WORKER = textwrap.dedent(
+    """
+    import os, sys
+    from jaxinterp_cli.main import main
+    sys.exit(main(["grid", "--op", "*", "--max-op", "12", "--layers", "0,2",
+                   "--mesh", "2,1", "--distributed", "--out", os.environ["OUT"] + "/g"]))
+    """
+)
+
+
+def test_grid_command_on_two_processes(tmp_path):
+    """`jaxinterp grid --distributed --mesh 2,1` run by two processes (settings from the
+    JAXINTERP_* variables) writes the grid that one process writes alone."""
+    from jaxinterp_cli.main import main
+
+    ran = launch(CLI_WORKER, tmp_path)
+    assert all(rc == 0 for rc, _ in ran), ran
+    assert "[12, 12, 2, 512]" in ran[0][1] and "2 process(es)" in ran[0][1]
+    one = str(tmp_path / "one")
+    assert (
+        main(["grid", "--op", "*", "--max-op", "12", "--layers", "0,2", "--out", one])
+        == 0
+    )
+    import tensorstore as ts
+
+    got, want = (
+        ts.open(
+            {"driver": "zarr3", "kvstore": {"driver": "file", "path": f"{d}/array"}}
+        )
+        .result()
+        .read()
+        .result()
+        for d in (tmp_path / "g", one)
+    )
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * max(1, abs(want).max()))

@@ -196,11 +196,12 @@ def grid_means(
     }
 
 
-def operand_values(ctx: Context, op: str, which: int) -> np.ndarray:
-    """Values of operand `which` (0 or 1) in the run's layout, ascending: the operator's
-    operand range (paper-spec §2.1), restricted to `op_digits` digits on digit models."""
-    values = np.array(operand_range(op, ctx.config.max_op))
-    digits = ctx.config.op_digits
+def operand_values(config, op: str, which: int) -> np.ndarray:
+    """Values of operand `which` (0 or 1) in the layout of `config` (the pipeline's
+    `Config`), ascending: the operator's operand range (paper-spec §2.1), restricted to
+    `op_digits` digits on digit models."""
+    values = np.array(operand_range(op, config.max_op))
+    digits = config.op_digits
     if digits is not None:
         width = np.array([len(str(v)) for v in values.tolist()])
         values = values[width == digits[which]]
@@ -213,7 +214,7 @@ def mean_cache_stage(ctx: Context):
     """The mean cache of paper-spec §4: all 4 x max_op x max_op prompts (of the run's
     layout, every `mean_stride`-th operand)."""
     stride = ctx.config.mean_stride
-    xs, ys = (operand_values(ctx, "+", i)[::stride] for i in (0, 1))
+    xs, ys = (operand_values(ctx.config, "+", i)[::stride] for i in (0, 1))
     arrays = grid_means(ctx, ctx.model, xs, ys)
     return arrays, {"n_prompts": len(OPERATORS) * len(xs) * len(ys)}
 

@@ -69,7 +69,7 @@ def kmaps(
             )
         acts = _last_position(ctx, model, legal, layers, units[0])[None]
     else:
-        xs, ys = operand_values(ctx, op, 0), operand_values(ctx, op, 1)
+        xs, ys = (operand_values(ctx.config, op, i) for i in (0, 1))
         grid = operand_grid(
             model,
             ctx.task.operand_tokens(xs),

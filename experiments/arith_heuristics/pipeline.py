@@ -344,15 +344,16 @@ def make_task(config: Config) -> SingleTokenTask | DigitTask:
     )
 
 
-def load_model(name: str) -> Transformer:
-    """The model under study; importing `experiments.arith_model` registers arith-neox."""
+def load_model(name: str, mesh=None) -> Transformer:
+    """The model under study (placed on `mesh` if given, see `converters.load`);
+    importing `experiments.arith_model` registers arith-neox."""
     import experiments.arith_model  # noqa: F401
 
     if name not in MODEL_DEFAULTS:
         raise ValueError(
             f"the arithmetic pipeline runs on {sorted(MODEL_DEFAULTS)}, not {name!r}"
         )
-    return converters.load(name)
+    return converters.load(name, mesh=mesh)
 
 
 def stages() -> list[tuple[str, Callable]]:

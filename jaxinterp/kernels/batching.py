@@ -11,7 +11,7 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from ..sharding import rows_multiple, shard_rows
+from ..sharding import gather, rows_multiple, shard_rows
 
 __all__ = ["stream", "pad_rows", "progress", "NonFiniteWarning", "warn_nonfinite"]
 
@@ -74,8 +74,8 @@ def stream(
         batch_size: rows per call (the last chunk is padded to it).
         desc, progress_bar: the tqdm bar.
         axis: the axis of `fn`'s outputs that holds the rows.
-        weighted_sum: add the outputs up over chunks (in float64 on the host) instead of
-            concatenating them.
+        weighted_sum: add the outputs up over chunks (in float64 on the host, each chunk's
+            sums read while the next chunk computes) instead of concatenating them.
         mesh: split every chunk over the mesh's `data` axis (`batch_size` is rounded up
             to a multiple of its size); see `jaxinterp.sharding`.
 
@@ -98,7 +98,13 @@ def stream(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     batch_size = rows_multiple(min(batch_size, n), mesh)
     starts = range(0, n, batch_size)
-    outs, total = [], None
+    outs, total, pending = [], None, None
+
+    def add(sums):  # on the host in float64, while the next chunk computes
+        nonlocal total
+        sums = jax.tree.map(lambda a: gather(a).astype(np.float64), sums)
+        total = sums if total is None else jax.tree.map(np.add, total, sums)
+
     for start in progress(starts, len(starts), desc, progress_bar):
         rows = slice(start, min(start + batch_size, n))
         n_valid = rows.stop - rows.start
@@ -108,8 +114,12 @@ def stream(
         )
         if weighted_sum:
             weight = jnp.asarray(np.arange(batch_size) < n_valid, jnp.float32)
-            sums = jax.tree.map(lambda a: np.asarray(a, np.float64), fn(chunk, weight))
-            total = sums if total is None else jax.tree.map(np.add, total, sums)
+            sums = fn(
+                chunk, weight
+            )  # dispatched; the previous chunk's sums are read now
+            if pending is not None:
+                add(pending)
+            pending = sums
         else:
             outs.append(
                 jax.tree.map(
@@ -118,6 +128,7 @@ def stream(
                 )
             )
     if weighted_sum:
+        add(pending)
         result = total
     elif len(outs) == 1:
         result = outs[0]

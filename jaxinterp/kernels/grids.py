@@ -15,8 +15,9 @@ Pairs stream through one compiled program in fixed-size sub-grids (whole rows of
 they fit; the last ones padded), sized by `batch_size` or a memory budget. Inside a row the
 `a` cache is shared, not copied per pair. Results are either materialized
 (`[a, b, layer, unit]`), reduced on the device block by block (`reduce="mean"`, accumulated in
-float64 on the host, or `"topk"`: the top-k pairs of every unit), or written to a `.npy`
-memmap that a later call resumes (`out=`).
+float64 on the host, or `"topk"`: the top-k pairs of every unit), or written to disk as
+they come (`out=`: a `.npy` memmap, or a zarr directory written by every process of a
+multi-process run), resumable after a kill.
 """
 
 import os
@@ -27,13 +28,14 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from .._typing import ArrayLike, Int
 from ..inputs import check_indices, check_tokens
 from ..model import Transformer
-from ..results import open_resumable
-from ..sharding import gather, rows_multiple, shard_rows
+from ..results import ShardedResult, open_resumable
+from ..sharding import DATA, gather, rows_multiple, shard_rows
 from ..store import model_digest
 from ..taps import Taps, every_layer
 from .batching import pad_rows, progress
@@ -106,19 +108,25 @@ def _grid_chunk(model, kv, a_idx, b_segments, units, spec: GridSpec, squeeze: bo
     return jax.vmap(row)(a_idx)
 
 
-def _blocks(n_a: int, n_b: int, batch_size: int):
-    """Sub-grids of at most `batch_size` pairs: whole rows of `a` when a row fits, else
-    row pieces; each block is a contiguous range of the row-major flat pair index.
+def _blocks(n_a: int, n_b: int, batch_size: int, multiple: int):
+    """Sub-grids of about `batch_size` pairs: whole rows of `a` when a row fits, else
+    row pieces of a multiple of `multiple` columns; each block is a contiguous range of the
+    row-major flat pair index.
 
-    Returns `(rows, cols, blocks)` with blocks `(a0, a1, b0, b1)`."""
+    Returns `(rows, width, blocks)`: blocks `(a0, a1, b0, b1)` of at most `rows` rows, each
+    computed `width` columns wide (padded up to a multiple of `multiple`), so that every
+    block's columns split into equal parts of `width // multiple` that start at multiples
+    of it."""
     cols = min(n_b, batch_size)
+    if cols < n_b:
+        cols = min(n_b, -(-cols // multiple) * multiple)
     rows = max(1, min(n_a, batch_size // cols))
     blocks = [
         (a0, min(a0 + rows, n_a), b0, min(b0 + cols, n_b))
         for a0 in range(0, n_a, rows)
         for b0 in range(0, n_b, cols)
     ]
-    return rows, cols, blocks
+    return rows, -(-cols // multiple) * multiple, blocks
 
 
 @eqx.filter_jit
@@ -159,6 +167,18 @@ def _flat(block, n_b: int) -> tuple[int, int]:
     """Row-major flat pair range `[start, stop)` of a block from `_blocks`."""
     a0, a1, b0, b1 = block
     return a0 * n_b + b0, (a1 - 1) * n_b + b1
+
+
+def _checkpoint_first(result, stacked: bool):
+    """A full grid `[a, b, checkpoint, ...]` of stacked models as `[checkpoint, a, b, ...]`
+    (a numpy array or a tensorstore)."""
+    if not stacked:
+        return result
+    if isinstance(result, np.ndarray):
+        return np.moveaxis(result, 2, 0)
+    import tensorstore as ts
+
+    return result[ts.d[2].transpose[0]]
 
 
 def _bytes_per_pair(cfg, seg_len: int, n_out: int) -> int:
@@ -205,12 +225,14 @@ def operand_grid(
         reduce: `"full"` (every pair), `"mean"` (over pairs) or `"topk"` (the `k` largest
             pairs of every unit).
         k: for `"topk"`.
-        out: with `reduce="full"`, a `.npy` path. Blocks are written to `<out>.partial`
-            (a memmap) and the file is renamed to `out` when complete, so `out` never
-            holds a half-written grid; a killed run is resumed from its last block by the
-            same call. An existing `out` is returned without recomputing. The file's
-            fingerprint (model weights, tokens, tap, layers, units, positions) is kept in
-            `<out>.json`; resuming or reusing it for another computation is an error.
+        out: with `reduce="full"`, where the grid goes as it is computed, never
+            half-written, resumed after a kill by the same call, and returned without
+            recomputing when complete; its fingerprint (model weights, tokens, tap,
+            layers, units, positions) is recorded, and resuming or reusing it for another
+            computation is an error. A path ending in `.npy`: one process writes a
+            memmap (`jaxinterp.results.open_resumable`). Any other path: a zarr directory
+            that every process of a multi-process run fills with the columns its own
+            devices computed (`jaxinterp.results.ShardedResult`).
         batch_size: pairs per device call; default from `memory_budget` (bytes).
         progress_bar: tqdm over pair batches.
         stacked: `model` is several models of one architecture stacked on a leading
@@ -220,7 +242,8 @@ def operand_grid(
             width is rounded up to a multiple of it; see `jaxinterp.sharding`).
 
     Returns:
-        `"full"`: array `[a, b, (pos,) layer, *unit]` (a numpy memmap when `out` is given).
+        `"full"`: array `[a, b, (pos,) layer, *unit]` (with `out`: a numpy memmap, or a
+            read-only `tensorstore.TensorStore` for a zarr directory).
         `"mean"`: `[(pos,) layer, *unit]`.
         `"topk"`: dict of `values [k, (pos,) layer, *unit]` (descending) and `a`, `b`
             (operand indices of those pairs, same shape).
@@ -303,7 +326,15 @@ def operand_grid(
 
     if out is not None and reduce != "full":
         raise ValueError("out= writes the full grid: it needs reduce='full'")
-    done, total, top_v, top_i = 0, None, None, None
+    sharded_out = out is not None and not os.fspath(out).endswith(".npy")
+    if out is not None and not sharded_out and jax.process_count() > 1:
+        raise ValueError(
+            f"out={os.fspath(out)!r}: a multi-process run writes a sharded zarr "
+            "directory; give a path that does not end in .npy"
+        )
+    # padded columns are dropped like a short block's
+    rows, cols, blocks = _blocks(n_a, n_b, batch_size, rows_multiple(1, mesh))
+    done, total, top_v, top_i, store = 0, None, None, None, None
     if reduce == "full":
         shape = (n_a, n_b, *item_shape)
         if out is not None:
@@ -318,12 +349,21 @@ def operand_grid(
                     None if units is None else units_arr.tolist(),
                 ],
             )
+        if sharded_out:
+            store = ShardedResult(
+                out, shape, what, (rows, cols // rows_multiple(1, mesh))
+            )
+            if store.complete:
+                return _checkpoint_first(store.result(), stacked)
+            done = store.done
+        elif out is not None:
             result, done, finish = open_resumable(out, shape, what)
             if finish is None:  # already complete
-                return np.moveaxis(result, 2, 0) if stacked else result
+                return _checkpoint_first(result, stacked)
         else:
             result, finish = np.empty(shape, np.float32), None
-        flat = result.reshape(n_items, *item_shape)
+        if store is None:
+            flat = result.reshape(n_items, *item_shape)
     elif reduce == "mean":
         total = np.zeros(item_shape, np.float64)
     elif reduce == "topk":
@@ -337,14 +377,17 @@ def operand_grid(
 
     shared_kv = _shared_kv_stacked if stacked else _shared_kv
     kv = shared_kv(model, jnp.asarray(prefix), jnp.asarray(a_segments), spec.stop)
-    rows, cols, blocks = _blocks(n_a, n_b, batch_size)
-    cols = rows_multiple(cols, mesh)  # padded columns are dropped like a short block's
 
     def consume(block, a_idx, b_idx, acts):
         nonlocal total, top_v, top_i
         a0, a1, b0, b1 = block
         start, stop = _flat(block, n_b)
-        if reduce == "full":
+        if store is not None:  # each process writes the columns of its devices
+            if mesh is not None:
+                acts = jax.device_put(acts, NamedSharding(mesh, P(None, DATA)))
+            store.write_block(block, acts)
+            store.commit(stop)
+        elif reduce == "full":
             flat[start:stop] = gather(acts)[: a1 - a0, : b1 - b0].reshape(
                 -1, *item_shape
             )
@@ -382,8 +425,10 @@ def operand_grid(
         pending = (block, a_idx, b_idx, acts)
     if pending is not None:
         consume(*pending)
+    if store is not None:
+        return _checkpoint_first(store.result(), stacked)
     if reduce == "full":
-        return np.moveaxis(result, 2, 0) if stacked else result
+        return _checkpoint_first(result, stacked)
     if reduce == "mean":
         return total / n_items
     top_i = gather(top_i).reshape(k, *item_shape)
