@@ -325,6 +325,30 @@ def test_ablation_sweep_over_stacked_checkpoints(setup):
     with pytest.raises(ValueError, match="stacked on a leading axis"):
         ablate.ablation_sweep(model, clean, masks, stacked=True, **kw)
 
+    # each model its own prompts, answers and per-prompt sets (stacked_inputs)
+    rng = np.random.default_rng(8)
+    own_tokens = np.stack([clean, clean[::-1]])  # [checkpoint, prompt, pos]
+    own_answer = np.stack([answer, rng.permutation(answer)])
+    own_masks = rng.random((2, N_PROMPT, 3, cfg.n_layers, cfg.d_mlp)) < 0.3
+    kw = kw | dict(metric_args=(own_answer,), masks_per_prompt=True)
+    got = ablate.ablation_sweep(
+        models, own_tokens, own_masks, stacked=True, stacked_inputs=True, **kw
+    )
+    each = [
+        ablate.ablation_sweep(
+            m, own_tokens[c], own_masks[c], **(kw | dict(metric_args=(own_answer[c],)))
+        )
+        for c, m in enumerate((model, other))
+    ]
+    assert got.shape == (2, N_PROMPT, 3)
+    assert close(got, np.stack(each))
+    with pytest.raises(ValueError, match="leading checkpoint axis of 2"):
+        ablate.ablation_sweep(
+            models, clean, own_masks, stacked=True, stacked_inputs=True, **kw
+        )
+    with pytest.raises(ValueError, match="needs stacked=True"):
+        ablate.ablation_sweep(model, own_tokens, own_masks, stacked_inputs=True, **kw)
+
 
 @configs(TWO)
 def test_ablation_sweep_reads_every_position(setup):

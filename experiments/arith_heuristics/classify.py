@@ -360,26 +360,23 @@ def classify(
     op1, op2, result = _pair_values(pairs, op, max_single_token, max_op)
     if maps.ndim != 2 or maps.shape[1] != op1.size:
         raise ValueError(f"maps must be [neuron, {op1.size}], got shape {maps.shape}")
-    if maps.size and not (np.isfinite(maps.min()) and np.isfinite(maps.max())):
-        raise ValueError("maps must be finite (the official ordering of NaN differs)")
     layout = _layout(op, max_single_token, max_op)
     rules = _cached_rules(layout, op, op1, op2, result, max_single_token, max_op, mode)
     n_rows = maps.shape[0]
     most = _chunk_rows(op1.size)  # rows per chunk, at most
     step = -(-n_rows // -(-n_rows // most)) if n_rows else 1  # equal chunks
-    fixed, found = [], []
+    # [fixed name, row] scores, a work array: `_assemble` copies them into the result
+    fixed = _SCRATCH.array("fixed", (len(layout.names), n_rows), np.float64)
+    found = []
     for start in range(0, n_rows, step):
-        chunk = _score_chunk(maps[start : start + step], rules, check_bottom)
-        fixed.append(chunk.fixed)
-        found.append(chunk.found.shifted(start))
-    return _assemble(
-        layout,
-        rules,
-        np.concatenate(fixed, axis=1) if fixed else np.zeros((len(layout.names), 0)),
-        _Found.concatenate(found),
-        n_rows,
-        kind,
-    )
+        rows = maps[start : start + step]
+        if rows.size and not (np.isfinite(rows.min()) and np.isfinite(rows.max())):
+            raise ValueError(
+                "maps must be finite (the official ordering of NaN differs)"
+            )
+        chunk = _score_chunk(rows, rules, check_bottom, fixed[:, start : start + step])
+        found.append(chunk.shifted(start))
+    return _assemble(layout, rules, fixed, _Found.concatenate(found), n_rows, kind)
 
 
 def hybrid(k: Classification, kv: Classification) -> Classification:
@@ -488,7 +485,7 @@ class _Layout:
     sections: dict[str, int]  # discovery sections: "op1", "op1_bottom", ..., "multi"
     n_sections: int
 
-    @property
+    @functools.cached_property
     def name_keys(self) -> np.ndarray:
         """[fixed name] position in a neuron's emission order (section * _SECTION + sub)."""
         return np.array(
@@ -498,6 +495,18 @@ class _Layout:
                 for i in range(len(fam.names))
             ],
             np.int64,
+        )
+
+    @functools.cached_property
+    def name_array(self) -> np.ndarray:
+        """object [fixed name] the names, for gathering them in one step."""
+        return np.array(self.names, object)
+
+    @functools.cached_property
+    def zero_cancelled(self) -> np.ndarray:
+        """[column] the fixed names of `ZERO_CANCELLED` (× post-processing)."""
+        return np.array(
+            [i for i, name in enumerate(self.names) if name in ZERO_CANCELLED], np.intp
         )
 
 
@@ -646,10 +655,11 @@ class _Part:
     neurons, and its cumulative sum over segments the count of every bin among the first k
     positions. The bin of every pair is precomputed (`pair_bin`): counting is one gather
     along the ordering (a contiguous [position, row] prefix), one add of the (segment, row)
-    offsets and one bincount. A heuristic's count is then the sum of the table over its
-    accepted bins at its own k: cell by cell (`cell_*`), or, for heuristics of many bins
-    (mods), one membership matrix product per segment (`sums`). A per-bin part (`bin_k`
-    set, see `per_bin`) has one segment and drops the positions at or past their bin's k.
+    offsets per segment and one bincount. A heuristic's count is then the sum of the table
+    over its accepted bins at its own k: cell by cell (`cell_*`), or, for heuristics of
+    many bins (mods), one membership matrix product per segment (`sums`). A per-bin part
+    (`bin_k` set, see `per_bin`) has one segment and sends the positions at or past their
+    bin's k to its bin 0, which no heuristic reads.
     """
 
     source: str
@@ -668,18 +678,25 @@ class _Part:
     sums: tuple[tuple[int, np.ndarray, np.ndarray], ...] = ()
     bin_k: np.ndarray | None = None  # per-bin parts: [bin] k of the bin's heuristic
     # Set by `with_pairs` once the part is chosen (the per-pair arrays are large):
-    pair_bin: np.ndarray | None = None  # int16 [pair] bin of the pair's source value
-    segment_offset: np.ndarray | None = None  # intp [reach] segment * width
+    pair_bin: np.ndarray | None = None  # int16 / int32 [pair] bin of the source value
+    pair_k: np.ndarray | None = None  # per-bin parts: [pair] k of the pair's bin
 
     def with_pairs(self, pair_values: np.ndarray, layouts: "_Layouts") -> "_Part":
-        """The part with its per-pair bins and per-position segment offsets filled in."""
+        """The part with its per-pair bins (and, per-bin, per-pair ks) filled in, in the
+        smallest signed type that holds every bin, k and position (`_small_int`)."""
         del layouts  # position parts read the ordering itself
-        segment = np.searchsorted(self.segment_ends, np.arange(self.reach), "right")
+        small = _small_int(max(self.reach, self.width))
+        pair_bin = self.value_bin[pair_values]
         return dataclasses.replace(
             self,
-            pair_bin=self.value_bin[pair_values].astype(np.int16),
-            segment_offset=(segment * self.width).astype(np.intp),
+            pair_bin=pair_bin.astype(small),
+            pair_k=None if self.bin_k is None else self.bin_k[pair_bin].astype(small),
         )
+
+    @property
+    def one_cell_each(self) -> bool:
+        """Whether every cell-summed heuristic has exactly one cell (no reduceat)."""
+        return self.starts.size == self.cell_bin.size
 
     @property
     def cost(self) -> float:
@@ -703,14 +720,14 @@ class _Part:
         source: str, bottom: bool, counted: list[_Heuristic], pair_values: np.ndarray
     ) -> "_Part":
         """A part of heuristics that accept disjoint value sets, each at its own k: the
-        bin of a value is its heuristic (or a last, dropped bin), and a position counts
-        only while it is below its bin's k. One segment, no cumulative table."""
+        bin of a value is its heuristic + 1 (or 0, dropped), and a position counts only
+        while it is below its bin's k. One segment, no cumulative table."""
         n_values = int(pair_values.max(initial=0)) + 1
         width = len(counted) + 1
-        value_bin = np.full(n_values, width - 1, np.intp)
+        value_bin = np.zeros(n_values, np.intp)  # bin 0: no heuristic, never read
         for i, h in enumerate(counted):
-            value_bin[h.accepted] = i
-        bin_k = np.array([h.k for h in counted] + [0], np.intp)
+            value_bin[h.accepted] = i + 1
+        bin_k = np.array([0] + [h.k for h in counted], np.intp)
         reach = int(bin_k.max())
         return _Part(
             source=source,
@@ -721,7 +738,7 @@ class _Part:
             width=width,
             n_segments=1,
             cell_segment=np.zeros(len(counted), np.intp),
-            cell_bin=np.arange(len(counted)),
+            cell_bin=np.arange(1, width),
             starts=np.arange(len(counted)),
             columns=np.array([h.column for h in counted]),
             segment_ends=np.array([reach]),
@@ -1337,14 +1354,11 @@ def _found_name(name_id: int) -> str:
     return f"result_multi_value_{len(results)}={results}"
 
 
-@dataclasses.dataclass(frozen=True)
-class _Chunk:
-    fixed: np.ndarray  # float64 [fixed name, row]
-    found: _Found
-
-
-def _score_chunk(maps: np.ndarray, rules: _Rules, check_bottom: bool) -> _Chunk:
-    """Scores of one chunk of rows."""
+def _score_chunk(
+    maps: np.ndarray, rules: _Rules, check_bottom: bool, fixed: np.ndarray
+) -> _Found:
+    """Scores of one chunk of rows: the fixed heuristics' into `fixed` float64 [fixed
+    name, row], the discovered entries returned."""
     plan = rules.plans[check_bottom]
     order = _descending_order(maps, plan.top, plan.bottom, _SCRATCH)
     n_rows, n = order.shape
@@ -1359,9 +1373,12 @@ def _score_chunk(maps: np.ndarray, rules: _Rules, check_bottom: bool) -> _Chunk:
                 f"end{bottom}", (reach, n_rows), np.intp
             )
             np.copyto(columns[bool(bottom)], ends[bool(bottom)][:, :reach].T)
-    counts = {False: np.zeros((rules.column_k.size, n_rows), np.int64)}
-    if check_bottom:
-        counts[True] = np.zeros_like(counts[False])
+    counts = {}  # end -> int64 [column, row]
+    for bottom in (False, True) if check_bottom else (False,):
+        counts[bottom] = _SCRATCH.array(
+            f"counts{bottom:d}", (rules.column_k.size, n_rows), np.int64
+        )
+        counts[bottom].fill(0)
     laid_out = None
     if plan.ranked:
         laid_out = _LaidOutRanks(order, plan, rules.layouts, _SCRATCH)
@@ -1371,18 +1388,17 @@ def _score_chunk(maps: np.ndarray, rules: _Rules, check_bottom: bool) -> _Chunk:
         else:
             _part_counts(part, columns[part.bottom], counts[part.bottom], _SCRATCH)
     best = counts[False]
-    if check_bottom:
-        bottom = rules.column_bottom[:, None]
-        best = np.where(bottom, np.maximum(best, counts[True]), best)
-    k = rules.column_k[:, None]
-    fixed = np.divide(best, k, out=np.zeros(best.shape), where=k > 0)
+    if check_bottom:  # the better end, for the heuristics scored on both
+        np.maximum(best, counts[True], out=best, where=rules.column_bottom[:, None])
+    # count / k as the official float division; a k of 0 scores 0 (its count is 0)
+    np.divide(best, np.maximum(rules.column_k, 1)[:, None], out=fixed)
     lists = [("op1", False), ("op2", False)]  # (source, bottom) of the pattern lists
     if check_bottom:
         lists += [("op1", True), ("op2", True)]
     found = [_patterns(ends, rules, [*lists, ("result", False)])]
     if rules.op == "/":
         found.append(_multi_values(order, rules))
-    return _Chunk(fixed, _Found.concatenate(found))
+    return _Found.concatenate(found)
 
 
 _LOW, _HIGH = (0, 1) if sys.byteorder == "little" else (1, 0)  # uint32 halves of uint64
@@ -1518,28 +1534,37 @@ def _part_counts(
     """
     n_rows = positions.shape[1]
     shape = (part.reach, n_rows)
-    bins = scratch.array("bins", shape, np.int16)
-    np.take(part.pair_bin, positions[: part.reach], out=bins, mode="clip")
-    keys = scratch.array("keys", shape, np.intp)
     width = part.width
-    if part.bin_k is None:  # offsets: segment * rows * width + row * width
-        np.add(bins, (part.segment_offset * n_rows)[:, None], out=keys)
-        keys += np.arange(n_rows, dtype=np.intp) * width
-    else:  # positions at or past their bin's k go to the row's last (dropped) bin
-        rows = np.arange(n_rows, dtype=np.intp) * width
-        np.add(bins, rows, out=keys)
-        bin_k = scratch.array("bin_k", shape, np.intp)
-        np.take(part.bin_k, bins, out=bin_k, mode="clip")
-        outside = scratch.array("outside", shape, bool)
-        np.less_equal(bin_k, _position_column(part.reach), out=outside)
-        np.copyto(keys, rows + (width - 1), where=outside)
-    # Segment-major table: the cumulative sums add contiguous [row, bin] blocks.
+    small = part.pair_bin.dtype
+    bins = scratch.array("bins", shape, small)  # [position, row] bin of the pair
+    np.take(part.pair_bin, positions[: part.reach], out=bins, mode="clip")
+    if part.pair_k is not None:  # positions at or past their bin's k go to bin 0
+        inside = scratch.array("inside_k", shape, small)
+        np.take(part.pair_k, positions[: part.reach], out=inside, mode="clip")
+        np.subtract(_position_column(part.reach, small), inside, out=inside)
+        np.right_shift(inside, 8 * small.itemsize - 1, out=inside)  # -1 below k, or 0
+        np.bitwise_and(bins, inside, out=bins)
+    # keys = (segment * rows + row) * width + bin: segment-major, so the cumulative sums
+    # below add contiguous [row, bin] blocks.
+    keys = scratch.array("keys", shape, np.intp)
+    row_offset = np.arange(n_rows, dtype=np.intp) * width
+    start = 0
+    for segment, end in enumerate(part.segment_ends.tolist()):
+        offset = row_offset + segment * n_rows * width if segment else row_offset
+        np.add(bins[start:end], offset, out=keys[start:end])
+        start = end
     size = part.n_segments * n_rows * width
     table = np.bincount(keys.reshape(-1), minlength=size)
     table = table.reshape(part.n_segments, n_rows, width)
     for segment in range(1, part.n_segments):  # cumulative over segments
         np.add(table[segment], table[segment - 1], out=table[segment])
-    if part.columns.size:
+    if part.columns.size == 0:
+        pass
+    elif part.n_segments == 1 and part.one_cell_each:  # [row, cell] -> [cell, row]
+        counts[part.columns] = table[0][:, part.cell_bin].T
+    elif part.one_cell_each:
+        counts[part.columns] = table[part.cell_segment, :, part.cell_bin]
+    else:
         cells = table[part.cell_segment, :, part.cell_bin]  # [cell, row]
         counts[part.columns] = np.add.reduceat(cells, part.starts, axis=0)
     for segment, members, columns in part.sums:
@@ -1547,15 +1572,21 @@ def _part_counts(
         counts[columns] = (table[segment].astype(np.float64) @ members).T
 
 
-_POSITIONS = np.zeros((0, 1), np.intp)
+def _small_int(largest: int) -> type:
+    """int16 when every value up to `largest` and its negation fit, else int32."""
+    return np.int16 if largest <= np.iinfo(np.int16).max else np.int32
 
 
-def _position_column(n: int) -> np.ndarray:
-    """intp [n, 1] 0..n-1 (a cached column, so comparisons broadcast over rows)."""
-    global _POSITIONS
-    if _POSITIONS.shape[0] < n:
-        _POSITIONS = np.arange(max(n, 2 * _POSITIONS.shape[0]), dtype=np.intp)[:, None]
-    return _POSITIONS[:n]
+_POSITIONS: dict[type, np.ndarray] = {}
+
+
+def _position_column(n: int, dtype: type = np.intp) -> np.ndarray:
+    """[n, 1] 0..n-1 of this dtype (a cached column, so operations broadcast over rows)."""
+    column = _POSITIONS.get(dtype)
+    if column is None or column.shape[0] < n:
+        size = max(n, 2 * (0 if column is None else column.shape[0]))
+        column = _POSITIONS[dtype] = np.arange(size, dtype=dtype)[:, None]
+    return column[:n]
 
 
 def _patterns(
@@ -1697,6 +1728,7 @@ def _code_names(source: str) -> np.ndarray:
     return _CODE_NAME_CACHE[source]
 
 
+@functools.lru_cache(maxsize=64)
 def _pattern_id(name: str) -> int:
     """The name id of a discovered pattern or value name (see `_found_name`)."""
     source = name.split("_", 1)[0]
@@ -1817,13 +1849,14 @@ def _assemble(
     at = start[f_index] + rank
     neuron[at] = found.neuron[by_name]
     score[at] = found.score[by_name]
-    all_names = list(layout.names) + [_found_name(i) for i in found_ids.tolist()]
+    found_names = np.array([_found_name(i) for i in found_ids.tolist()], object)
+    all_names = np.concatenate([layout.name_array, found_names])
     return Classification(
         op=rules.op,
         kind=kind,
         mode=rules.mode,
         n_neurons=n_rows,
-        names=tuple(all_names[i] for i in by_first.tolist()),
+        names=tuple(all_names[by_first].tolist()),
         name_index=name_index,
         neuron=neuron,
         score=score,
@@ -1846,8 +1879,7 @@ def _zero_cancelled(
             )
         return ()
     zeroed = np.unique(found.neuron[value_000 & (found.score == 1.0)])
-    columns = [i for i, name in enumerate(layout.names) if name in ZERO_CANCELLED]
-    fixed[np.ix_(columns, zeroed)] = 0.0  # one entry per neuron
+    fixed[np.ix_(layout.zero_cancelled, zeroed)] = 0.0  # one entry per neuron
     patterns = [_pattern_id(name) for name in ZERO_CANCELLED if "pattern" in name]
     hits = np.flatnonzero(
         np.isin(found.name_id, patterns) & np.isin(found.neuron, zeroed)

@@ -13,7 +13,8 @@ checkpoints, each with its own neurons) and HYBRID labels. Then, as in the paper
   whose label triple the final model shares; the checkpoint's own mean cache (over a
   strided operand subset, every `MEAN_STRIDE`-th operand, to keep it short);
 * prompt knockout (addition and subtraction) at three neuron counts per layer, against the
-  random control.
+  random control: every checkpoint its own prompts and sets, all in one program
+  (`ablation_sweep(..., stacked=True, stacked_inputs=True)`).
 """
 
 import random
@@ -29,7 +30,7 @@ from jaxinterp.kernels.sweep import stack_size
 
 from .circuit import circuit_heads, faithfulness, grid_means
 from .heuristics import classify_maps, kmaps, neuron_list
-from .knockouts import prompt_knockout
+from .knockouts import knock, prompt_knockout_masks
 from .neurons import importance, top_neurons
 from .pipeline import Context
 from .prompts import counterfactual_pairs, filtered_50
@@ -160,26 +161,43 @@ def _mutual_faithfulness(ctx: Context, models: list, runs: list[dict]) -> np.nda
     return out
 
 
-def _knockouts(ctx: Context, models: list, runs: list[dict], grid: list[int]):
+def _knockouts(ctx: Context, stacked, runs: list[dict], grid: list[int]):
     """Fig. 10c: prompt knockout at each checkpoint, mean over + and -: `(heuristic,
-    control)` accuracies `[checkpoint, L]`."""
+    control)` accuracies `[checkpoint, L]`. Each checkpoint runs its own filtered prompts
+    of both operators with its own sets, every checkpoint in one program."""
     ops = list(runs[-1]["labels"])
     knock_ops = [op for op in ops if op in "+-"]
+    prompts, masks, owners = [], [], []  # per checkpoint, both operators
+    for run in runs:
+        own, own_masks = [], []
+        for op in knock_ops:
+            filtered = run["filtered"][op]
+            top = run["top"][ops.index(op)]
+            m, _ = prompt_knockout_masks(
+                ctx, op, filtered, top, grid=grid, labels=run["labels"][op]
+            )
+            own, own_masks = own + filtered, own_masks + [m]
+        prompts.append(own)
+        masks.append(np.concatenate(own_masks))
+        owners.append(
+            np.repeat(knock_ops, [len(run["filtered"][op]) for op in knock_ops])
+        )
+    # every checkpoint padded to as many prompts as the longest list (results dropped)
+    n = max(len(own) for own in prompts)
+    filler = next(own[0] for own in prompts if own)
+    padded = [own + [own[-1] if own else filler] * (n - len(own)) for own in prompts]
+    masks = np.stack(
+        [np.concatenate([m, np.zeros((n - len(m), *m.shape[1:]), bool)]) for m in masks]
+    )
+    acc = knock(ctx, padded, masks, stacked)  # [checkpoint, prompt, 2 * L]
     heuristic = np.zeros((len(runs), len(grid)))
     control = np.zeros((len(runs), len(grid)))
-    for c, (model, run) in enumerate(zip(models, runs, strict=True)):
+    for c, owner in enumerate(owners):
         for op in knock_ops:
-            out = prompt_knockout(
-                ctx,
-                op,
-                run["filtered"][op],
-                run["top"][ops.index(op)],
-                labels=run["labels"][op],
-                model=model,
-                grid=grid,
-            )
-            heuristic[c] += np.array(out["heuristic"]) / len(knock_ops)
-            control[c] += np.array(out["control"]) / len(knock_ops)
+            rows = acc[c, : len(owner)][owner == op]
+            mean = rows.mean(0) if len(rows) else np.full(2 * len(grid), np.nan)
+            heuristic[c] += mean[: len(grid)] / len(knock_ops)
+            control[c] += mean[len(grid) :] / len(knock_ops)
     return heuristic, control
 
 
@@ -198,7 +216,7 @@ def dynamics_stage(ctx: Context):
     if "+" in ops:
         faith = _mutual_faithfulness(ctx, models, runs)
     grid = sorted({max(1, ctx.top_k // d) for d in (16, 8, 4)})
-    knock_h, knock_c = _knockouts(ctx, models, runs, grid)
+    knock_h, knock_c = _knockouts(ctx, stacked, runs, grid)
     accuracy = np.array(
         [
             [len(c[op]) / min(cfg.dynamics_prompts, len(ctx.legal(op))) for op in ops]

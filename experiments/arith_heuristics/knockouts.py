@@ -31,21 +31,31 @@ def _association(ctx: Context, op: str, names: list[str], prompts: list) -> np.n
     return clf.associated(names, op1, op2, op, mode=ctx.config.mode)
 
 
-def _knock(ctx: Context, prompts: list, masks: np.ndarray, model=None) -> np.ndarray:
+def knock(ctx: Context, prompts: list, masks: np.ndarray, models=None) -> np.ndarray:
     """Accuracy `[prompt, set]` with each prompt's own neuron sets `[prompt, set, layer,
-    d_mlp]` zero-ablated at every position."""
-    tokens = ctx.tokens(prompts)
+    d_mlp]` zero-ablated at every position.
+
+    With `models` (checkpoints stacked on a leading axis), `prompts` is one list per model
+    (equally long), `masks` is `[checkpoint, prompt, set, layer, d_mlp]` and the accuracy
+    `[checkpoint, prompt, set]`: every model its own prompts, in one program."""
+    if models is None:
+        tokens, answers = ctx.tokens(prompts), ctx.answers(prompts)
+    else:
+        tokens = np.stack([ctx.tokens(own) for own in prompts])
+        answers = np.stack([ctx.answers(own) for own in prompts])
     return np.asarray(
         ablation_sweep(
-            ctx.model if model is None else model,
+            ctx.model if models is None else models,
             tokens,
             masks,
             metric=accuracy,
-            metric_args=(ctx.answers(prompts),),
-            positions=ctx.edited(tokens),
+            metric_args=(answers,),
+            positions=ctx.edited(tokens.reshape(-1, tokens.shape[-1])),
             masks_per_prompt=True,
             batch_size=max(1, ctx.config.batch_size // 4),
             progress_bar=ctx.progress,
+            stacked=models is not None,
+            stacked_inputs=models is not None,
         )
     )
 
@@ -90,7 +100,7 @@ def heuristic_knockout(ctx: Context, op: str) -> dict:
     }
     if not prompts:
         return out
-    acc = _knock(ctx, prompts, np.stack(masks)[:, None])[:, 0]
+    acc = knock(ctx, prompts, np.stack(masks)[:, None])[:, 0]
     for name, start, n_rel, n_unrel in spans:
         out["names"].append(name)
         out["related"].append(float(acc[start : start + n_rel].mean()))
@@ -114,8 +124,6 @@ def prompt_knockout(
     prompts: list,
     top: np.ndarray,
     *,
-    labels: dict | None = None,
-    model=None,
     grid: list[int] | None = None,
 ) -> dict:
     """§8.2: per prompt, zero the first L neurons per layer of its associated heuristics
@@ -123,9 +131,39 @@ def prompt_knockout(
 
     Arguments:
         top: int `[heuristic layer, k]` important neurons of the operator.
-        labels, model: another model (a checkpoint) and its labels.
         grid: the values of L (default `l_grid`).
     """
+    grid = l_grid(ctx.top_k) if grid is None else grid
+    masks, n_ablated = prompt_knockout_masks(ctx, op, prompts, top, grid=grid)
+    return knockout_summary(grid, knock(ctx, prompts, masks), n_ablated)
+
+
+def knockout_summary(grid: list[int], acc: np.ndarray, n_ablated: np.ndarray) -> dict:
+    """The prompt knockout's result from its accuracies `[prompt, 2 * L]` (heuristic
+    neurons, then the random control) and neuron counts `[prompt, L]`."""
+    return {
+        "L": grid,
+        "heuristic": acc[:, : len(grid)].mean(0).tolist(),
+        "control": acc[:, len(grid) :].mean(0).tolist(),
+        "n_ablated": n_ablated.mean(0).tolist(),
+        "baseline": float(acc[:, 0].mean()),
+    }
+
+
+def prompt_knockout_masks(
+    ctx: Context,
+    op: str,
+    prompts: list,
+    top: np.ndarray,
+    *,
+    grid: list[int],
+    labels: dict | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The sets of `prompt_knockout`: `masks [prompt, 2 * L, layer, d_mlp]` (each L's
+    heuristic neurons, then each L's random control) and `n_ablated [prompt, L]`.
+
+    Arguments:
+        labels: the labels of another model (a checkpoint) instead of this run's."""
     clean = ctx.config.mode == "clean"
     labels = labels_of(ctx, op, ctx.config.threshold, labels)
     names = list(labels)
@@ -134,7 +172,6 @@ def prompt_knockout(
         if names
         else np.zeros((0, len(prompts)), bool)
     )
-    grid = l_grid(ctx.top_k) if grid is None else grid
     rng = random.Random(42)
     masks = np.zeros(
         (len(prompts), 2 * len(grid), ctx.model.cfg.n_layers, ctx.model.cfg.d_mlp), bool
@@ -158,14 +195,7 @@ def prompt_knockout(
                 pool = [int(n) for n in top[j] if n not in (excluded or set(picked))]
                 control = rng.sample(pool, min(len(picked), len(pool)))
                 masks[i, len(grid) + g, layer, control] = True
-    acc = _knock(ctx, prompts, masks, model)
-    return {
-        "L": grid,
-        "heuristic": acc[:, : len(grid)].mean(0).tolist(),
-        "control": acc[:, len(grid) :].mean(0).tolist(),
-        "n_ablated": n_ablated.mean(0).tolist(),
-        "baseline": float(acc[:, 0].mean()),
-    }
+    return masks, n_ablated
 
 
 def knockouts_stage(ctx: Context):

@@ -15,6 +15,7 @@ the first edited position run once per prompt; each set runs the rest, and only 
 position is unembedded. Sets are `vmap`ped inside each prompt batch; one compile per sweep.
 """
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -74,7 +75,7 @@ def _ablate(model, batch, masks, values, pos_mask, sites, L, p0, metric, read_al
 
 def ablation_sweep(
     model: Transformer,
-    tokens: Int[ArrayLike, "prompt pos"],
+    tokens: Int[ArrayLike, "*checkpoint prompt pos"],
     masks: Bool[ArrayLike, "..."] | Sequence[Bool[ArrayLike, "..."]],
     *,
     metric: Callable,
@@ -84,13 +85,14 @@ def ablation_sweep(
     positions: Positions = "last",
     masks_per_prompt: bool = False,
     attention_mask: ArrayLike | None = None,
-    answer_pos: Int[ArrayLike, " prompt"] | None = None,
+    answer_pos: Int[ArrayLike, "*checkpoint prompt"] | None = None,
     read: Literal["answer", "all"] = "answer",
     n_layer_groups: int = 1,
     batch_size: int = 32,
     progress_bar: bool = True,
     mesh: Mesh | None = None,
     stacked: bool = False,
+    stacked_inputs: bool = False,
 ) -> PyTree[Shaped[Array, "..."]]:
     """Metric of every prompt with every set of units ablated.
 
@@ -130,12 +132,37 @@ def ablation_sweep(
         stacked: `model` is several models of one architecture stacked on a leading
             axis of every array (e.g. training checkpoints); all run the same prompts and
             sets in one program, vmapped over that axis.
+        stacked_inputs: with `stacked`, each model runs its own prompts: `tokens`,
+            `attention_mask`, `answer_pos`, every `metric_args` array and, with
+            `masks_per_prompt`, the masks have a leading `checkpoint` axis (every model
+            equally many prompts); `values` must then be None or shared `[layer, pos,
+            *tail]`.
 
     Returns:
         The metric's output with leading axes `[prompt, set]` (`[checkpoint, prompt,
         set]` with `stacked`).
     """
     cfg = model.cfg
+    if stacked_inputs:  # [checkpoint, prompt, ...] folded to [checkpoint * prompt, ...]
+        n_models = stack_size(model) if stacked else None
+        fold = functools.partial(_fold, n_models)
+        tokens, attention_mask, answer_pos = (
+            None if x is None else fold(x, name)
+            for x, name in zip(
+                (tokens, attention_mask, answer_pos),
+                ("tokens", "attention_mask", "answer_pos"),
+                strict=True,
+            )
+        )
+        metric_args = tuple(
+            jax.tree.map(lambda a: fold(a, "metric_args"), tuple(metric_args))
+        )
+        if masks_per_prompt:
+            masks = (
+                [fold(m, "masks") for m in masks]
+                if not isinstance(tap, str)
+                else fold(masks, "masks")
+            )
     batch = {"prompt": prompts(cfg, tokens, attention_mask, answer_pos)}
     n_prompt, n_pos = batch["prompt"].tokens.shape
     several = not isinstance(tap, str)
@@ -201,6 +228,10 @@ def ablation_sweep(
                 f"{list(v.shape)}"
             )
         per_prompt = v.ndim > len(shape)
+        if per_prompt and stacked_inputs:
+            raise ValueError(
+                "with stacked_inputs, values must be None or shared [layer, pos, *tail]"
+            )
         axis = len(where.lead) + per_prompt
         sliced.append(jax.lax.slice_in_dim(v, p0, n_pos, axis=axis))
     if per_prompt:
@@ -210,12 +241,16 @@ def ablation_sweep(
     shared = None if per_prompt else tuple(sliced)
     if stacked:
         stack_size(model)  # a clear error for a single model
+    # with stacked_inputs, every per-prompt leaf goes [prompt, checkpoint, ...], so that
+    # batches stream over prompts and the models vmap over axis 1
+    unfold = functools.partial(_unfold, stack_size(model) if stacked_inputs else None)
+    batch = unfold(batch)
     groups = start_groups(first, cfg.n_layers, n_layer_groups)
     parts = []
     for idx in groups:
         group = tuple(np.take(m, idx, axis=lead - 1) for m in checked)
         if masks_per_prompt:
-            batch["masks"] = group
+            batch["masks"] = unfold(group)
         shared_masks = None if masks_per_prompt else tuple(map(jnp.asarray, group))
         L = min(int(first[idx].min()), cfg.n_layers - 1)
 
@@ -232,7 +267,7 @@ def ablation_sweep(
                 read_all,
             )
             if stacked:
-                return _ablate_stacked(model, *args)
+                return _ablate_stacked(model, *args, own_inputs=stacked_inputs)
             return _ablate(model, *args)
 
         parts.append(
@@ -250,6 +285,33 @@ def ablation_sweep(
 
 
 @eqx.filter_jit
-def _ablate_stacked(models, *args):
-    """`_ablate` of every model of a stack: `[checkpoint, prompt, set, ...]`."""
-    return eqx.filter_vmap(lambda m: _ablate(m, *args))(models)
+def _ablate_stacked(models, batch, *args, own_inputs: bool):
+    """`_ablate` of every model of a stack: `[checkpoint, prompt, set, ...]`; with
+    `own_inputs`, model `c` runs `batch[:, c]`."""
+    return eqx.filter_vmap(
+        lambda m, b: _ablate(m, b, *args), in_axes=(0, 1 if own_inputs else None)
+    )(models, batch)
+
+
+def _fold(n_models: int | None, x, what: str) -> np.ndarray:
+    """`[checkpoint, prompt, ...]` as `[checkpoint * prompt, ...]`."""
+    if n_models is None:
+        raise ValueError("stacked_inputs needs stacked=True")
+    a = np.asarray(x)
+    if a.ndim < 2 or a.shape[0] != n_models:
+        raise ValueError(
+            f"with stacked_inputs, {what} needs a leading checkpoint axis of "
+            f"{n_models} and a prompt axis, got shape {list(a.shape)}"
+        )
+    return a.reshape(-1, *a.shape[2:])
+
+
+def _unfold(n_models: int | None, tree):
+    """Every leaf `[checkpoint * prompt, ...]` as `[prompt, checkpoint, ...]` (unchanged
+    without `n_models`)."""
+    if n_models is None:
+        return tree
+    return jax.tree.map(
+        lambda a: np.swapaxes(np.asarray(a).reshape(n_models, -1, *a.shape[1:]), 0, 1),
+        tree,
+    )
