@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _digit_pair(text: str) -> tuple[int, int]:
+def _count_pair(text: str) -> tuple[int, int]:
     try:
         a, b = (_positive_int(part) for part in text.split(","))
     except (ValueError, argparse.ArgumentTypeError):
@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=None, metavar="N")
     p.add_argument(
         "--mesh",
-        type=_digit_pair,
+        type=_count_pair,
         default=None,
         metavar="DATA,MODEL",
         help="a DATA x MODEL device mesh: pairs split over DATA, weights over MODEL",
@@ -347,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     digits.add_argument(
         "--op-digits",
-        type=_digit_pair,
+        type=_count_pair,
         default=None,
         metavar="A,B",
         help="digits of op1 and op2: one token layout per run (smollm2: 1,1; qwen: 2,2)",

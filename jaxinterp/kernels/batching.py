@@ -114,9 +114,8 @@ def stream(
         )
         if weighted_sum:
             weight = jnp.asarray(np.arange(batch_size) < n_valid, jnp.float32)
-            sums = fn(
-                chunk, weight
-            )  # dispatched; the previous chunk's sums are read now
+            # dispatched; the previous chunk's sums are read while it computes
+            sums = fn(chunk, weight)
             if pending is not None:
                 add(pending)
             pending = sums
