@@ -467,6 +467,66 @@ def test_descending_order_is_the_stable_argsort_at_both_ends():
     )
 
 
+def test_order_steps_give_every_cut_and_the_read_order():
+    # `_order_steps` partitions where a rule reads a set of positions and sorts where it
+    # reads them in order: before every cut lie the pairs of the stable argsort, and the
+    # first `sorted_reads` positions of each end are in its order (ties by pair index).
+    rng = np.random.default_rng(6)
+    n = 3000
+    maps = np.round(rng.standard_normal((4, n)), 2).astype(np.float32)  # many ties
+    expected = np.argsort(-maps, axis=1, kind="stable")
+    cases = [
+        ({1500, 1000, 700, 40, 39, 20}, set(), (20, 0)),  # the top end only
+        ({1500, 900, 30}, {1500, 1200, 10}, (30, 10)),  # the ends meet
+        ({800, 50}, {600, 400, 5}, (50, 5)),  # a middle left out
+        (set(range(1, 200, 3)) | {2500}, {2999, 500, 400}, (7, 3)),  # ends overlap
+        ({2995}, {10}, (5, 10)),  # the bottom reads in order inside the top end
+    ]
+    for top_cuts, bottom_cuts, reads in cases:
+        steps = cl._order_steps(n, top_cuts, bottom_cuts, reads)
+        keys = np.empty(maps.shape, np.uint64)
+        cl._order_keys(maps, keys, steps)
+        order = (keys & np.uint64(0xFFFFFFFF)).astype(np.intp)
+        assert np.array_equal(np.sort(order, axis=1), np.sort(expected, axis=1))
+        for k in top_cuts:
+            assert np.array_equal(
+                np.sort(order[:, :k], axis=1), np.sort(expected[:, :k], axis=1)
+            ), (top_cuts, k)
+        for k in bottom_cuts:
+            assert np.array_equal(
+                np.sort(order[:, n - k :], axis=1),
+                np.sort(expected[:, n - k :], axis=1),
+            ), (bottom_cuts, k)
+        assert np.array_equal(order[:, : reads[0]], expected[:, : reads[0]])
+        assert np.array_equal(order[:, n - reads[1] :], expected[:, n - reads[1] :])
+
+
+def test_byte_blocks_count_the_entries_of_every_block():
+    # Rank parts count 8 entries per uint64 word: blocks of any length and alignment,
+    # several starting in one word, and blocks too long for one byte lane (split).
+    rng = np.random.default_rng(7)
+    n = 6001
+    inside = np.zeros((3, 8 * -(-n // 8)), bool)
+    inside[:, :n] = rng.random((3, n)) < 0.9
+    starts = np.array([0, 1, 2, 3, 9, 17, 18, 40, 41, 2100, 4500, 6000])
+    got = cl._ByteBlocks.build(starts, n).count(inside.view(np.uint64))
+    ends = np.append(starts[1:], n)
+    want = [inside[:, a:b].sum(axis=1) for a, b in zip(starts, ends, strict=True)]
+    assert np.array_equal(got, np.stack(want, axis=1))
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan, -np.nan])
+def test_rejects_maps_that_are_not_finite(bad):
+    # float32 maps are checked on their ordering keys, others before the argsort.
+    pairs = legal_pairs("*")
+    maps = np.stack([ordered_map(len(pairs))] * 2)
+    maps[1, 7] = bad
+    with pytest.raises(ValueError, match="finite"):
+        run(maps, pairs, "*", kind="KV")
+    with pytest.raises(ValueError, match="finite"):
+        run(maps.astype(np.float64) + 1e-9, pairs, "*", kind="KV")
+
+
 def test_rejects_bad_input():
     pairs = legal_pairs("*")
     maps = ordered_map(len(pairs))

@@ -77,9 +77,12 @@ Vectorisation (no Python loop over neurons or heuristics):
 
 * ordering: each map row becomes packed uint64 keys (value bits ordered descending in the
   high half, pair index in the low half), so one plain SIMD sort gives exactly
-  `np.argsort(-maps, axis=1, kind="stable")` with no tie handling. Only the positions a
-  rule reads are ordered: when the top and bottom reaches leave a middle, a SIMD partition
-  puts the two ends in place and only they are sorted. Where rank parts are used, one
+  `np.argsort(-maps, axis=1, kind="stable")` with no tie handling. Only what a rule reads
+  is ordered (`_order_steps`): a rule counting the first k positions needs only the set
+  of pairs before k, so the keys are SIMD-partitioned at those "cuts" where they are
+  sparse (far from the ends) and sorted where they are dense or read in order (the
+  pattern lists). Keys are built and ordered a few rows at a time, while they stay in
+  cache, then transposed into [position, row] arrays. Where rank parts are used, one
   scatter gives every pair its rank.
 * fixed heuristics: every value a heuristic looks at (op1, op2, the result, "both operands
   are r mod n", ...) has a precomputed bin per pair. The heuristics of a source are counted
@@ -89,15 +92,18 @@ Vectorisation (no Python loop over neurons or heuristics):
   offsets and takes one bincount per chunk of neurons; summing the (segment, row, bin)
   table over segments gives every heuristic's count at its own k. A per-bin one
   (heuristics with disjoint value sets, each at its own k) drops positions at or past
-  their bin's k instead. A rank part (`_RankPart`) reads the ranks instead, laid out by
-  the source's values: one comparison with a per-pair rank bound and one `add.reduceat`
-  over contiguous blocks count disjoint intervals (the ranges of one size) or the values of
-  one k (the mods of one modulus); it costs n per neuron whatever the ks, so it wins when
-  the ks are large. How a source's heuristics are split into parts, and of which kind, is
-  chosen once per pair set and `check_bottom` by a cost model (`_NS_*`, `_Plan.choose`).
+  their bin's k instead (sends them to a bin no heuristic reads, with integer arithmetic
+  on the gathered per-pair k). A rank part (`_RankPart`) reads the ranks instead, laid
+  out by the source's values: one comparison with a per-pair rank bound and one sum over
+  contiguous blocks, 8 pairs per uint64 word (`_ByteBlocks`), count disjoint intervals
+  (the ranges of one size) or the values of one k (the mods of one modulus); it costs n
+  per neuron whatever the ks, so it wins when the ks are large. How a source's heuristics
+  are split into parts, and of which kind, is chosen once per pair set and `check_bottom`
+  by a cost model (`_NS_*`, `_Plan.choose`; a source keeps rank parts only if they save
+  more than laying out its ranks costs).
 * discovered patterns: per row, the (wildcard code, list place) keys of the first k values
-  are sorted into runs (or, for long lists, counted in a [row, code] table), which give
-  every code's count and first place; one rank key per code then orders them as the
+  are sorted into runs (or, for very long lists, counted in a [row, code] table), which
+  give every code's count and first place; one rank key per code then orders them as the
   official sort does and a row-wise partition keeps the first 5.
 * assembly: fixed names have one entry per neuron and come in layout order, so their
   entries are copied run by run from the [name, row] score matrix; only the few discovered
@@ -105,7 +111,9 @@ Vectorisation (no Python loop over neurons or heuristics):
   matrix and the discovered scores before that.
 * set-up (layout, k formulas, parts, plans) is cached per (operator, S, max_op, mode,
   digest of the pairs), for both ends, so a K run and its KV run share it; large work
-  arrays are reused across chunks and calls (`_Scratch`).
+  arrays, the [name, row] score matrix included, are reused across chunks and calls
+  (`_Scratch`), and the result's entry arrays are one allocation: fresh memory costs a
+  page fault per 4 kB.
 
 Neurons are processed in chunks of rows only to bound memory.
 """
@@ -168,15 +176,18 @@ _PER_BIN_GROUPS = 4  # at most this many per-bin or rank parts stand in for one 
 # Cost model of the counting (`_Part.cost`, `_RankPart.cost`, `_Plan.choose`): nanoseconds
 # per neuron, fitted to timings of the parts of all four operators (one CPU core).
 _NS_POSITION = 4.5  # segmented part, per position: gather, add the offset, bincount
-_NS_PER_BIN_POSITION = 10.0  # per-bin part, per position (also the bin's k, the mask)
+_NS_PER_BIN_POSITION = 6.0  # per-bin part, per position (also the pair's k, the mask)
 _NS_TABLE = 3.0  # per (segment, bin) table entry: zeroing, cumulative sum
 _NS_CELL = 2.0  # per table cell summed one by one (fancy gather and reduceat)
 _NS_PRODUCT = 0.2  # per (bin, heuristic) of a membership product of a table
-_NS_RANK_PAIR = 0.6  # rank part, per pair: compare with the bound, reduceat
-_NS_BLOCK = 15.0  # rank part, per block: reduceat output, membership product
+_NS_RANK_PAIR = 0.3  # rank part, per pair: compare with the bound, sum 8 at a time
+_NS_BLOCK = 17.0  # rank part, per block: its words' lanes and edges, membership
 _NS_RANK = 3.5  # per ranked position: the rank scatter (once per chunk)
 _NS_LAYOUT = 1.5  # per pair: the ranks laid out by one source's values (once per chunk)
 _NS_CALLS = 20000.0  # per part (or product) and chunk: the numpy calls themselves
+_NS_PARTITION = 0.9  # per key of a region partitioned (ordering, `_order_steps`)
+_NS_SORT = 0.42  # per key and log2(region size) of a region sorted
+_NS_STEP = 2500.0  # per partition or sort call (on the rows ordered together)
 _CAPPED_OPS = ("*", "/")  # result mods and ranges use k = min(k, max_op)
 _SECTION = 4096  # sub-positions per section in a neuron's emission order
 
@@ -207,6 +218,12 @@ def _wildcard_codes() -> np.ndarray:
 
 
 _WILDCARD_CODES = _wildcard_codes()
+# Lists of at least this many places are counted by `_code_table`, shorter ones by
+# `_code_runs`; the (SIMD) sort of the runs was measured faster up to k = 1000 values
+# (7000 places), the longest lists 3-digit operands give.
+_TABLE_PLACES = 7001
+_ORDER_ELEMENTS = 1 << 17  # keys ordered together (their 8-byte keys stay in cache),
+_ORDER_MIN_ROWS = 16  # but at least this many rows (fewer make the transposes slow)
 _CHUNK_ELEMENTS = 1 << 19  # rows per chunk = this // n_pairs, but at least:
 _CHUNK_MIN_ROWS = 16  # every chunk costs about a thousand numpy calls
 
@@ -255,8 +272,8 @@ class Classification:
         mode: one of `MODES`.
         n_neurons: number of map rows.
         names: every heuristic name of the run, fixed and discovered.
-        name_index: [entry] index into `names`.
-        neuron: [entry] row index into the maps.
+        name_index: int32 [entry] index into `names`.
+        neuron: int32 [entry] row index into the maps.
         score: [entry] float64 score.
         notes: things the official code would have done differently (e.g. raised).
     """
@@ -369,11 +386,7 @@ def classify(
     fixed = _SCRATCH.array("fixed", (len(layout.names), n_rows), np.float64)
     found = []
     for start in range(0, n_rows, step):
-        rows = maps[start : start + step]
-        if rows.size and not (np.isfinite(rows.min()) and np.isfinite(rows.max())):
-            raise ValueError(
-                "maps must be finite (the official ordering of NaN differs)"
-            )
+        rows = maps[start : start + step]  # checked finite as they are ordered
         chunk = _score_chunk(rows, rules, check_bottom, fixed[:, start : start + step])
         found.append(chunk.shifted(start))
     return _assemble(layout, rules, fixed, _Found.concatenate(found), n_rows, kind)
@@ -402,7 +415,7 @@ def hybrid(k: Classification, kv: Classification) -> Classification:
     for run, want_result in parts:
         is_result = np.array([n.startswith("result") for n in run.names], bool)
         take = is_result == want_result
-        new_index = np.cumsum(take) - 1 + len(names)
+        new_index = (np.cumsum(take) - 1 + len(names)).astype(np.int32)
         names.extend(n for n, t in zip(run.names, take, strict=True) if t)
         rows = take[run.name_index]
         name_index.append(new_index[run.name_index[rows]])
@@ -694,6 +707,13 @@ class _Part:
         )
 
     @property
+    def cuts(self) -> set[int]:
+        """The ks at which the ordering is read as a set (see `_order_steps`)."""
+        if self.bin_k is not None:
+            return set(self.bin_k[1:].tolist())
+        return set(self.segment_ends.tolist())
+
+    @property
     def one_cell_each(self) -> bool:
         """Whether every cell-summed heuristic has exactly one cell (no reduceat)."""
         return self.starts.size == self.cell_bin.size
@@ -830,6 +850,72 @@ def _summed_by_product(
     return chosen
 
 
+_BYTES = np.uint64(0x0101010101010101)  # times a word: byte sum in the top byte
+_BYTE_PAIRS = np.uint64(0x00FF00FF00FF00FF)
+_SHORTS = np.uint64(0x0001000100010001)  # times a word: 16-bit sum in the top 16 bits
+_PIECE_WORDS = 250  # at most this many words summed per byte lane (< 256)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ByteBlocks:
+    """Counts of True entries of bool rows in contiguous blocks, eight at a time.
+
+    A bool row is read as uint64 words of 8 entries. One `add.reduceat` over the words
+    adds each byte lane separately (no carry while a piece spans < 256 words), so a sum
+    of lanes counts the entries of whole words; the entries of the first and last word
+    that lie outside the piece are counted from those words and subtracted or added.
+    Blocks longer than `_PIECE_WORDS` words are split into pieces, summed at the end.
+    """
+
+    n_words: int  # words per row: the row length rounded up to 8, / 8
+    first_word: np.ndarray  # intp [piece] the word its sum starts at (its edge's word)
+    edge_word: np.ndarray  # intp [piece + 1] the word holding each piece edge (clipped)
+    edge_mask: np.ndarray  # uint64 [piece + 1] the bytes of that word before the edge
+    shared: np.ndarray  # bool [piece] the next edge lies in the same word
+    block_piece: np.ndarray | None  # intp [block] first piece; None: one piece each
+
+    @staticmethod
+    def build(starts: np.ndarray, n: int) -> "_ByteBlocks":
+        """Blocks [starts[i], starts[i + 1]) (the last one to n) of rows of n entries."""
+        n_words = -(-n // 8)
+        ends = np.append(starts[1:], n)
+        pieces = [
+            np.arange(start, end, 8 * _PIECE_WORDS)
+            for start, end in zip(starts.tolist(), ends.tolist(), strict=True)
+        ]
+        sizes = np.array([p.size for p in pieces])
+        edges = np.append(np.concatenate(pieces), 8 * n_words).astype(np.intp)
+        word, byte = np.divmod(edges, 8)
+        mask = (np.uint64(1) << (np.uint64(8) * byte.astype(np.uint64))) - np.uint64(1)
+        return _ByteBlocks(
+            n_words=n_words,
+            first_word=word[:-1],
+            edge_word=np.minimum(word, n_words - 1),
+            edge_mask=np.where(byte > 0, mask, np.uint64(0)),
+            shared=word[:-1] == word[1:],
+            block_piece=None if np.all(sizes == 1) else np.cumsum(sizes) - sizes,
+        )
+
+    def count(self, words: np.ndarray) -> np.ndarray:
+        """int64 [row, block] True entries per block of `words` uint64 [row, n_words]
+        (the bool rows, padded with False to whole words)."""
+        lanes = np.add.reduceat(words, self.first_word, axis=1)  # [row, piece]
+        lanes = (lanes & _BYTE_PAIRS) + ((lanes >> np.uint64(8)) & _BYTE_PAIRS)
+        lanes *= _SHORTS
+        lanes >>= np.uint64(48)  # the piece's whole words' count
+        lanes[:, self.shared] = 0
+        edge = np.take(words, self.edge_word, axis=1)  # [row, piece + 1]
+        edge &= self.edge_mask
+        edge *= _BYTES
+        edge >>= np.uint64(56)  # the entries before the edge in its word
+        found = lanes.view(np.int64)
+        found -= edge[:, :-1].view(np.int64)
+        found += edge[:, 1:].view(np.int64)
+        if self.block_piece is not None:
+            found = np.add.reduceat(found, self.block_piece, axis=1)
+        return found
+
+
 @dataclasses.dataclass(frozen=True)
 class _RankPart:
     """Heuristics of one source counted on the ranks of the pairs instead of along the
@@ -839,8 +925,8 @@ class _RankPart:
     every value, and of every interval of values, form one contiguous block. A pair counts
     for a heuristic with k when its rank is below k (among the first k positions), or at
     least n - k (among the last k): one comparison of the laid-out ranks with a per-pair
-    bound and one `add.reduceat` over the blocks count the pairs of every block below its
-    heuristic's bound. Two kinds:
+    bound and one sum over the blocks (`_ByteBlocks`) count the pairs of every block
+    below its heuristic's bound. Two kinds:
 
     * disjoint intervals, each at its own k: one block per heuristic (`build`); pairs of no
       heuristic get a bound that never counts (0 at the top, n at the bottom);
@@ -859,16 +945,24 @@ class _RankPart:
     columns: np.ndarray  # [heuristic] column
     block_k: tuple[tuple[int, int, int], ...]  # (start, end, k) of every counted block
     members: np.ndarray | None = None  # float64 [block, heuristic]; None: the identity
-    bound: np.ndarray | None = None  # set by `with_pairs`: [layout index] rank bound
+    # Set by `with_pairs`:
+    bound: np.ndarray | None = None  # [layout index] rank bound
+    blocks: _ByteBlocks | None = None  # how the blocks are summed
 
     def with_pairs(self, pair_values: np.ndarray, layouts: "_Layouts") -> "_RankPart":
-        """The part with its per-pair rank bounds filled in."""
+        """The part with its per-pair rank bounds and block sums filled in."""
         del pair_values
         n = self.n_pairs
         bound = np.full(n, n if self.bottom else 0, layouts.rank_dtype)
         for start, end, k in self.block_k:
             bound[start:end] = n - k if self.bottom else k
-        return dataclasses.replace(self, bound=bound)
+        blocks = _ByteBlocks.build(self.starts, n)
+        return dataclasses.replace(self, bound=bound, blocks=blocks)
+
+    @property
+    def cuts(self) -> set[int]:
+        """The ks at which the ordering is read as a set (see `_order_steps`)."""
+        return {k for _, _, k in self.block_k}
 
     @property
     def cost(self) -> float:
@@ -1060,6 +1154,10 @@ def _cheapest_parts(
     return best
 
 
+_SORT = -1  # `_order_steps`: sort the region
+_Steps = tuple[tuple[int, int, int], ...]  # (lo, hi, kth) steps of `_order_steps`
+
+
 @dataclasses.dataclass(frozen=True)
 class _Plan:
     """The parts scored for one value of `check_bottom`, and what they read."""
@@ -1068,7 +1166,7 @@ class _Plan:
     top: int  # positions of the ordering read at the top
     bottom: int  # and at the bottom (0 without check_bottom)
     ranked: bool  # some part counts on ranks
-    part_reach: tuple[int, int]  # positions read by position parts, top and bottom
+    ordering: _Steps  # how the keys are ordered (`_order_steps`)
 
     @staticmethod
     def choose(
@@ -1079,36 +1177,184 @@ class _Plan:
         reads: tuple[int, int],
     ) -> "_Plan":
         """The cheaper of the position-only parts and the parts with rank parts allowed;
-        the latter also pay for the ranks (once per chunk) and the source layouts."""
+        the latter also pay for the ranks (once per chunk) and the source layouts.
+
+        `reads`: the positions read in order at the top and the bottom (the pattern
+        lists); the top one also as a set (÷ multi-values: `MULTI_VALUE_TOP`)."""
         plans = []
         for allow_ranks in (False, True):
-            parts = tuple(
-                part
-                for (_, bottom), chosen in candidates[allow_ranks].items()
-                if check_bottom or not bottom
-                for part in chosen
-            )
-            top = max([p.reach for p in parts if not p.bottom] + [reads[0]])
-            bottom = max([p.reach for p in parts if p.bottom] + [reads[1]])
-            bottom = bottom if check_bottom else 0
+            chosen = _with_layouts_paid(candidates, allow_ranks, check_bottom, layouts)
+            parts = tuple(part for group in chosen.values() for part in group)
             ranked = [p for p in parts if isinstance(p, _RankPart)]
             cost = sum(p.cost for p in parts)
+            cuts = {False: {reads[0]}, True: {reads[1]} if check_bottom else set()}
+            for part in parts:
+                cuts[part.bottom].update(part.cuts)
+            top, bottom = max(cuts[False]), max(cuts[True], default=0)
             if ranked:
                 laid = {p.source for p in ranked if layouts.perm[p.source] is not None}
                 cost += _NS_RANK * min(top + bottom, n_pairs)
                 cost += (_NS_LAYOUT * n_pairs + _NS_CALLS / _chunk_rows(n_pairs)) * len(
                     laid
                 )
-            part_reach = tuple(
-                max(
-                    [p.reach for p in parts if isinstance(p, _Part) and p.bottom == end]
-                    + [0]
-                )
-                for end in (False, True)
-            )
-            plan = _Plan(parts, top, bottom, bool(ranked), part_reach)
+            sorted_reads = (reads[1], reads[1] if check_bottom else 0)
+            ordering = _order_steps(n_pairs, cuts[False], cuts[True], sorted_reads)
+            plan = _Plan(parts, top, bottom, bool(ranked), ordering)
             plans.append((cost, plan))
         return min(plans, key=lambda cost_plan: cost_plan[0])[1]
+
+
+def _with_layouts_paid(
+    candidates: dict[bool, dict[tuple[str, bool], list[_AnyPart]]],
+    allow_ranks: bool,
+    check_bottom: bool,
+    layouts: _Layouts,
+) -> dict[tuple[str, bool], list[_AnyPart]]:
+    """(source, end) -> parts of the ends scored: with ranks allowed, a source whose
+    ranks must be laid out by its values keeps its rank parts only if they save more than
+    that layout costs; otherwise it takes its position parts at both ends."""
+    ends = (False, True) if check_bottom else (False,)
+    chosen = {
+        key: parts for key, parts in candidates[allow_ranks].items() if key[1] in ends
+    }
+    if not allow_ranks:
+        return chosen
+    for source in {key[0] for key in chosen}:
+        keys = [(source, end) for end in ends if (source, end) in chosen]
+        ranked = [p for key in keys for p in chosen[key] if isinstance(p, _RankPart)]
+        if not ranked or layouts.perm[source] is None:
+            continue
+        saved = sum(p.cost for key in keys for p in candidates[False][key]) - sum(
+            p.cost for key in keys for p in chosen[key]
+        )
+        n_pairs = ranked[0].n_pairs
+        if saved < _NS_LAYOUT * n_pairs + _NS_CALLS / _chunk_rows(n_pairs):
+            for key in keys:
+                chosen[key] = candidates[False][key]
+    return chosen
+
+
+def _order_steps(
+    n: int, top_cuts: set[int], bottom_cuts: set[int], sorted_reads: tuple[int, int]
+) -> _Steps:
+    """How to order the packed keys of a row (`_order_keys`) so that every rule reads
+    them right: `(lo, hi, kth)` steps, each partitioning `keys[:, lo:hi]` at `lo + kth`,
+    or sorting it (kth = `_SORT`).
+
+    A rule that counts the first k positions of an end needs only the set of pairs before
+    k: k is a "cut", where a partition suffices. The pattern lists read their first
+    `sorted_reads` positions in order. Either the whole row is sorted, or the two ends are
+    split apart (at the largest top cut, then at the largest bottom cut) and each is
+    ordered by the cheapest chain of partitions and sorts (`_chain`): the cuts are sparse
+    far from the ends and dense, or clustered, near them. Whichever the cost model finds
+    cheaper (`_NS_PARTITION`, `_NS_SORT`, `_NS_STEP`).
+
+    Arguments:
+        n: pairs per row.
+        top_cuts: the ks counted at the top (positions 0..k-1).
+        bottom_cuts: the ks counted at the bottom (positions n-k..n-1).
+        sorted_reads: positions read in order at the top and at the bottom.
+    """
+    step = _NS_STEP / max(1, _ORDER_ELEMENTS // max(n, 1))  # per row: `_ordered_ends`
+    whole = ((0, n, _SORT),)
+    top = min(max(top_cuts, default=0), n)
+    bottom = min(max(bottom_cuts, default=0), n)
+    if top >= n or bottom >= n or n - sorted_reads[1] < top:
+        return whole  # the ends overlap where they read in order
+    steps: list[tuple[int, int, int]] = []
+    cost = 0.0
+    if top:
+        steps.append((0, n, top))
+        cost += step + _NS_PARTITION * n
+    split = top
+    if bottom and top + bottom < n:
+        steps.append((top, n, n - bottom - top))
+        cost += step + _NS_PARTITION * (n - top)
+        split = n - bottom
+    # The top end [0, top): its cuts and the bottom cuts that fall inside it.
+    inner = {c for c in top_cuts if c < top} | {
+        n - c for c in bottom_cuts if n - c < top
+    }
+    chain, chain_cost = _chain(top, inner, sorted_reads[0], step)
+    steps += chain
+    # The bottom end [split, n), as distances from the end.
+    inner = {c for c in bottom_cuts if c < n - split}
+    chain, bottom_cost = _chain(n - split, inner, sorted_reads[1], step)
+    for lo, hi, kth in chain:
+        at = (hi - lo - kth) if kth != _SORT else _SORT  # the kth keys nearest the end
+        steps.append((n - hi, n - lo, at))
+    if step + _sort_cost(n) <= cost + chain_cost + bottom_cost:
+        return whole
+    return tuple(steps)
+
+
+def _sort_cost(m: int) -> float:
+    """Nanoseconds per row to sort m keys (without the call)."""
+    return _NS_SORT * m * math.log2(m) if m > 1 else 0.0
+
+
+def _chain(
+    length: int, cuts: set[int], in_order: int, step: float
+) -> tuple[list[tuple[int, int, int]], float]:
+    """The cheapest steps (see `_order_steps`) on a region [0, length) whose set is
+    right, so that every cut inside is right and [0, in_order) is in order, in region
+    coordinates, and their cost per row (`step` per call).
+
+    From the region's end inward, each step partitions the prefix at a lower cut and
+    handles the cuts skipped in between (sorting that stretch, or partitioning it at each
+    of them), or sorts the whole prefix and stops. A dynamic program over the cuts finds
+    the cheapest such chain."""
+    if in_order >= length:
+        if length <= 1:
+            return [], 0.0
+        return [(0, length, _SORT)], step + _sort_cost(length)
+    points = [in_order, *sorted(c for c in cuts if in_order < c < length), length]
+    total = np.cumsum(points).tolist()
+
+    def stretch(j: int, i: int) -> tuple[float, bool]:
+        """Cost of making the cuts inside [points[j], points[i]) right, and whether by
+        sorting (else by partitioning at each of them, from the top down)."""
+        if i == j + 1:
+            return 0.0, False
+        low, inside = points[j], i - j - 1
+        partitions = (total[i] - total[j + 1]) - inside * low
+        sorting = step + _sort_cost(points[i] - low)
+        if sorting < inside * step + _NS_PARTITION * partitions:
+            return sorting, True
+        return inside * step + _NS_PARTITION * partitions, False
+
+    def sort_prefix(m: int) -> float:
+        return step + _sort_cost(m) if m > 1 else 0.0
+
+    # best[i]: cost of the prefix [0, points[i]) once its set is right; choice[i]: the
+    # lower point it is partitioned at (None: sorted whole) and how the stretch is done.
+    best = [sort_prefix(in_order)]
+    choice: list[tuple[int, bool] | None] = [None]
+    for i in range(1, len(points)):
+        best.append(sort_prefix(points[i]))
+        choice.append(None)
+        for j in range(i):
+            cut = step + _NS_PARTITION * points[i] if points[j] else 0.0
+            cost, by_sort = stretch(j, i)
+            if best[j] + cut + cost < best[i]:
+                best[i], choice[i] = best[j] + cut + cost, (j, by_sort)
+    steps = []
+    i = len(points) - 1
+    while choice[i] is not None:
+        j, by_sort = choice[i]
+        low, high = points[j], points[i]
+        if low:
+            steps.append((0, high, low))
+        if by_sort:
+            steps.append((low, high, _SORT))
+        else:  # partitions of the stretch at its cuts, from the top down
+            steps += [
+                (low, points[t + 1], points[t] - low) for t in range(i - 1, j, -1)
+            ]
+        i = j
+    if points[i] > 1:
+        steps.append((0, points[i], _SORT))
+    return steps, best[-1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1341,6 +1587,7 @@ class _Found:
         return _Found(*(np.concatenate([getattr(p, f) for p in parts]) for f in fields))
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _found_name(name_id: int) -> str:
     """The heuristic name of a discovered entry's name id: a pattern (source, wildcard
     code) below `_MULTI_BASE`, a ÷ multi-value set (packed digits) from there on."""
@@ -1360,19 +1607,8 @@ def _score_chunk(
     """Scores of one chunk of rows: the fixed heuristics' into `fixed` float64 [fixed
     name, row], the discovered entries returned."""
     plan = rules.plans[check_bottom]
-    order = _descending_order(maps, plan.top, plan.bottom, _SCRATCH)
-    n_rows, n = order.shape
-    # Row-major views of both ends: position q of the bottom ordering is order[:, n - 1 - q].
-    ends = {False: order, True: order[:, ::-1]}
-    # and [position, row] copies of what the position parts read: each part then gathers
-    # from a contiguous prefix.
-    columns = {}
-    for bottom, reach in enumerate(plan.part_reach):
-        if reach:
-            columns[bool(bottom)] = _SCRATCH.array(
-                f"end{bottom}", (reach, n_rows), np.intp
-            )
-            np.copyto(columns[bool(bottom)], ends[bool(bottom)][:, :reach].T)
+    n_rows = maps.shape[0]
+    ends = _ordered_ends(maps, plan, _SCRATCH)
     counts = {}  # end -> int64 [column, row]
     for bottom in (False, True) if check_bottom else (False,):
         counts[bottom] = _SCRATCH.array(
@@ -1381,12 +1617,12 @@ def _score_chunk(
         counts[bottom].fill(0)
     laid_out = None
     if plan.ranked:
-        laid_out = _LaidOutRanks(order, plan, rules.layouts, _SCRATCH)
+        laid_out = _LaidOutRanks(ends, maps.shape[1], plan, rules.layouts, _SCRATCH)
     for part in plan.parts:
         if isinstance(part, _RankPart):
             _rank_counts(part, laid_out, counts[part.bottom])
         else:
-            _part_counts(part, columns[part.bottom], counts[part.bottom], _SCRATCH)
+            _part_counts(part, ends[part.bottom], counts[part.bottom], _SCRATCH)
     best = counts[False]
     if check_bottom:  # the better end, for the heuristics scored on both
         np.maximum(best, counts[True], out=best, where=rules.column_bottom[:, None])
@@ -1397,7 +1633,7 @@ def _score_chunk(
         lists += [("op1", True), ("op2", True)]
     found = [_patterns(ends, rules, [*lists, ("result", False)])]
     if rules.op == "/":
-        found.append(_multi_values(order, rules))
+        found.append(_multi_values(ends[False], rules))
     return _Found.concatenate(found)
 
 
@@ -1411,11 +1647,8 @@ def _descending_order(
     where any rule reads it: the first `top` and the last `bottom` positions. The pairs in
     between are in arbitrary order.
 
-    float32 maps (and any maps that float32 holds exactly) become packed uint64 keys: the
-    high 32 bits order the values (descending), the low 32 bits are the pair index, so the
-    keys are distinct and a plain (SIMD) sort gives exactly the stable order, -0.0 and 0.0
-    tied. When the two ends leave pairs out, a (SIMD) partition first puts the ends' pairs
-    in place and only they are sorted. Other maps take the full stable argsort.
+    float32 maps (and any maps that float32 holds exactly) are ordered as packed keys
+    (`_order_keys`); other maps take the full stable argsort.
 
     Arguments:
         maps: [row, pair] maps.
@@ -1426,20 +1659,50 @@ def _descending_order(
     Returns:
         intp [row, pair] pair indices.
     """
+    single = _as_float32(maps)
+    if single is None:
+        return np.argsort(-maps, axis=1, kind="stable")
+    n = maps.shape[1]
+    if top + bottom >= n:
+        steps = ((0, n, _SORT),)
+    else:
+        steps = ((0, n, top), (0, top, _SORT))
+        if bottom:
+            steps += ((top, n, n - bottom - top), (n - bottom, n, _SORT))
+    if scratch is None:
+        keys = np.empty(maps.shape, np.uint64)
+    else:
+        keys = scratch.array("order", maps.shape, np.uint64)
+    _order_keys(single, keys, steps, scratch)
+    keys &= np.uint64(0xFFFFFFFF)  # the pair index, in place
+    return keys.view(np.int64).astype(np.intp, copy=False)
+
+
+def _as_float32(maps: np.ndarray) -> np.ndarray | None:
+    """The maps as float32, or None when float32 does not hold them exactly."""
     single = maps.astype(np.float32, copy=False)
     if maps.dtype != np.float32 and not np.array_equal(single, maps):
-        return np.argsort(-maps, axis=1, kind="stable")
+        return None
+    return single
+
+
+def _order_keys(
+    maps: np.ndarray, keys: np.ndarray, steps: _Steps, scratch: _Scratch | None = None
+) -> None:
+    """Writes the packed keys of float32 `maps` [row, pair] into `keys` uint64 [row,
+    pair] and orders them by `steps` (`_order_steps`); raises unless the maps are finite.
+
+    The high 32 bits order the values (descending), the low 32 bits are the pair index, so
+    the keys are distinct and a plain (SIMD) sort or partition gives exactly the order of
+    `np.argsort(-maps, kind="stable")`, -0.0 and 0.0 tied.
+    """
     n_rows, n = maps.shape
-    shape = (n_rows, n)
     if scratch is None:
-        keys, bits, flip = (
-            np.empty(shape, t) for t in (np.uint64, np.uint32, np.uint32)
-        )
+        bits, flip = np.empty(maps.shape, np.uint32), np.empty(maps.shape, np.uint32)
     else:
-        keys = scratch.array("order", shape, np.uint64)
-        bits = scratch.array("bits", shape, np.uint32)
-        flip = scratch.array("flip", shape, np.uint32)
-    np.add(single, np.float32(0.0), out=bits.view(np.float32))  # -0.0 + 0.0 = +0.0
+        bits = scratch.array("bits", maps.shape, np.uint32)
+        flip = scratch.array("flip", maps.shape, np.uint32)
+    np.add(maps, np.float32(0.0), out=bits.view(np.float32))  # -0.0 + 0.0 = +0.0
     # Descending float order as ascending unsigned: negatives keep their bits (larger
     # magnitude, larger key), non-negatives flip their 31 low bits (below every negative).
     np.right_shift(bits, np.uint32(31), out=flip)
@@ -1448,48 +1711,105 @@ def _descending_order(
     halves = keys.view(np.uint32).reshape(n_rows, n, 2)
     np.bitwise_xor(bits, flip, out=halves[..., _HIGH])
     halves[..., _LOW] = np.arange(n, dtype=np.uint32)
-    if top + bottom >= n:
-        keys.sort(axis=1)
-    else:
-        keys.partition(top, axis=1)
-        keys[:, :top].sort(axis=1)
-        if bottom:
-            rest = keys[:, top:]
-            rest.partition(rest.shape[1] - bottom, axis=1)
-            keys[:, n - bottom :].sort(axis=1)
-    keys &= np.uint64(0xFFFFFFFF)  # the pair index, in place
-    return keys.view(np.int64).astype(np.intp, copy=False)
+    if keys.size:  # +inf, +nan: high key <= 0x007FFFFF; -inf, -nan: >= 0xFF800000
+        low, high = int(keys.min()) >> 32, int(keys.max()) >> 32
+        _check_finite(low > 0x007FFFFF and high < 0xFF800000)
+    for lo, hi, kth in steps:
+        if kth == _SORT:
+            keys[:, lo:hi].sort(axis=1)
+        elif kth > 0:
+            keys[:, lo:hi].partition(kth, axis=1)
+
+
+def _check_finite(finite: bool) -> None:
+    if not finite:
+        raise ValueError("maps must be finite (the official ordering of NaN differs)")
+
+
+def _ordered_ends(
+    maps: np.ndarray, plan: _Plan, scratch: _Scratch
+) -> dict[bool, np.ndarray]:
+    """The ordering where the rules read it, as contiguous [position, row] arrays: end ->
+    intp [reach, row] the pair at each of the first `top` positions of the descending
+    ordering (False) and of the first `bottom` of the reversed one (True), `top` and
+    `bottom` those of the plan, ordered as `plan.ordering` says.
+
+    Every consumer then reads a contiguous prefix; the pair indices are taken out of the
+    packed keys in the same pass that transposes them. The keys are built and ordered a
+    few rows at a time, while they stay in cache (`_ORDER_ELEMENTS`), and transposed at
+    least `_ORDER_MIN_ROWS` rows at a time.
+    """
+    n_rows, n = maps.shape
+    reaches = {False: min(plan.top, n), True: min(plan.bottom, n)}
+    ends = {
+        end: scratch.array(f"end{end:d}", (reach, n_rows), np.intp)
+        for end, reach in reaches.items()
+    }
+    single = _as_float32(maps)
+    if single is None:
+        low, high = maps.min(initial=0.0), maps.max(initial=0.0)
+        _check_finite(bool(np.isfinite(low) and np.isfinite(high)))
+        order = np.argsort(-maps, axis=1, kind="stable")
+        for end, reach in reaches.items():
+            np.copyto(ends[end], (order[:, ::-1] if end else order)[:, :reach].T)
+        return ends
+    keys = scratch.array("order", maps.shape, np.uint64)
+    step = max(1, _ORDER_ELEMENTS // max(n, 1))
+    group = max(_ORDER_MIN_ROWS, step)
+    for start in range(0, n_rows, group):
+        stop = min(start + group, n_rows)
+        for row in range(start, stop, step):
+            rows = slice(row, min(row + step, stop))
+            _order_keys(single[rows], keys[rows], plan.ordering, scratch)
+        for end, reach in reaches.items():
+            source = keys[start:stop, ::-1] if end else keys[start:stop]
+            np.bitwise_and(
+                source[:, :reach].T,
+                np.uint64(0xFFFFFFFF),
+                out=ends[end][:, start:stop].view(np.uint64),
+            )
+    return ends
 
 
 class _LaidOutRanks:
     """The rank of every pair (its position in the ordering) of a chunk, laid out by each
     source's values on demand.
 
-    Ranks are exact within the plan's top and bottom reads; pairs in between get the rank
-    `top`, which no top bound (k <= top) and no bottom bound (n - k > top) counts.
+    A pair's rank is its position in the plan's ends as ordered (`_order_steps`): on the
+    right side of every cut, which is all a rank bound tests. Pairs between the two ends
+    get the rank `top`, which no top bound (k <= top) and no bottom bound (n - k > top)
+    counts.
     """
 
     def __init__(
-        self, order: np.ndarray, plan: _Plan, layouts: _Layouts, scratch: _Scratch
+        self,
+        ends: dict[bool, np.ndarray],
+        n: int,
+        plan: _Plan,
+        layouts: _Layouts,
+        scratch: _Scratch,
     ):
-        n_rows, n = order.shape
+        n_rows = ends[False].shape[1]
         dtype = layouts.rank_dtype
-        rows = (np.arange(n_rows, dtype=np.intp) * n)[:, None]
         ranks = scratch.array("ranks", (n_rows, n), dtype)
         flat = ranks.reshape(-1)
-        order += rows  # flat pair indices, in place (undone below)
-        if plan.top + plan.bottom >= n:
-            flat[order] = np.arange(n, dtype=dtype)
-        else:
-            ranks.fill(plan.top)
-            flat[order[:, : plan.top]] = np.arange(plan.top, dtype=dtype)
-            if plan.bottom:
-                at = order[:, n - plan.bottom :]
-                flat[at] = np.arange(n - plan.bottom, n, dtype=dtype)
-        order -= rows
+        row_offset = (np.arange(n_rows, dtype=np.intp) * n)[:, None]
+        top = min(plan.top, n)
+        bottom = min(plan.bottom, n - top)  # the rest, when the ends cover every pair
+        if top + bottom < n:
+            ranks.fill(top)
+        for at_bottom, reach in ((False, top), (True, bottom)):
+            if reach:
+                # [row, position] flat indices: each row's writes stay close together
+                at = scratch.array("rank_at", (n_rows, reach), np.intp)
+                np.add(ends[at_bottom][:reach].T, row_offset, out=at)
+                position = _position_column(reach, dtype).T
+                flat[at] = (n - 1) - position if at_bottom else position
         self.ranks, self.layouts, self.scratch = ranks, layouts, scratch
         self._laid: dict[str, np.ndarray] = {}
-        self.inside = scratch.array("inside", (n_rows, n), bool)  # for `_rank_counts`
+        # for `_rank_counts`: pairs then False up to whole uint64 words
+        self.inside = scratch.array("inside", (n_rows, 8 * -(-n // 8)), bool)
+        self.inside[:, n:] = False
 
     def of(self, source: str) -> np.ndarray:
         """[row, layout index] the ranks of the pairs in the source's layout."""
@@ -1508,15 +1828,11 @@ class _LaidOutRanks:
 def _rank_counts(part: _RankPart, laid_out: _LaidOutRanks, counts: np.ndarray) -> None:
     """Writes the counts of a rank part's heuristics into `counts` [column, row]."""
     ranks = laid_out.of(part.source)
-    inside = laid_out.inside
-    if part.bottom:
-        np.greater_equal(ranks, part.bound, out=inside)
-    else:
-        np.less(ranks, part.bound, out=inside)
-    found = np.add.reduceat(inside.view(np.uint8), part.starts, axis=1, dtype=np.int32)
-    if (
-        part.members is not None
-    ):  # value blocks summed into heuristics (exact in float64)
+    inside = laid_out.inside  # bool [row, whole words of pairs], False past the pairs
+    compare = np.greater_equal if part.bottom else np.less
+    compare(ranks, part.bound, out=inside[:, : ranks.shape[1]])
+    found = part.blocks.count(inside.view(np.uint64))
+    if part.members is not None:  # value blocks summed into heuristics (exact)
         found = found.astype(np.float64) @ part.members
     counts[part.columns] = found.T
 
@@ -1596,9 +1912,9 @@ def _patterns(
     pattern list `(source, bottom)`: the values of the first pattern-k positions of the
     top or the reversed ordering (`ends`), the lists of all sources ranked in one pass."""
     k = rules.pattern_k
-    n_rows = ends[False].shape[0]
+    n_rows = ends[False].shape[1]
     values = np.concatenate(
-        [rules.values[source][ends[bottom][:, :k]] for source, bottom in lists]
+        [rules.values[source][ends[bottom][:k].T] for source, bottom in lists]
     )
     rows, sub, codes, counts = _significant_masks(values, k, rules.mode)
     which, rows = np.divmod(rows, n_rows)  # list, neuron
@@ -1624,8 +1940,8 @@ def _significant_masks(
 
     Each row's list holds, value by value, the 7 wildcard codes of the value; every code's
     count and first place (the official dict's insertion order) come from `_code_runs` or,
-    for long lists, `_code_table`. The significant codes of a row are then ranked by one key
-    (more occurrences, more fixed digits, seen first) and the first 5 kept.
+    for very long lists, `_code_table`. The significant codes of a row are then ranked by
+    one key (more occurrences, more fixed digits, seen first) and the first 5 kept.
 
     Arguments:
         values: int [row, k] values in list order.
@@ -1641,7 +1957,7 @@ def _significant_masks(
         empty = np.zeros(0, np.int64)
         return empty, empty, empty, empty
     codes = _WILDCARD_CODES[values].reshape(n_rows, width)  # int32
-    counted = _code_table if width >= _CODE_SPAN else _code_runs
+    counted = _code_table if width >= _TABLE_PLACES else _code_runs
     rows, code, count, first = counted(codes, max(k // 10, 1))
     mask = _CODE_MASK[code]
     if mode == "clean":
@@ -1736,9 +2052,10 @@ def _pattern_id(name: str) -> int:
     return _SOURCES.index(source) * _CODE_SPAN + code
 
 
-def _multi_values(order: np.ndarray, rules: _Rules) -> _Found:
-    """÷: the smallest q whose q most frequent top-1000 results hold >= 95 % of them."""
-    part = order[:, :MULTI_VALUE_TOP]
+def _multi_values(top: np.ndarray, rules: _Rules) -> _Found:
+    """÷: the smallest q whose q most frequent top-1000 results hold >= 95 % of them
+    (`top`: intp [position, row] the pairs along the ordering)."""
+    part = top[:MULTI_VALUE_TOP].T
     n_rows, total = part.shape
     bins = rules.max_op
     keys = rules.values["result"][part] + bins * np.arange(n_rows)[:, None]
@@ -1835,16 +2152,15 @@ def _assemble(
     start = np.empty(n_names, np.int64)
     start[by_first] = block_start
     total = int(sizes.sum())
-    name_index = np.repeat(np.arange(n_names), block_sizes)
-    neuron = np.empty(total, np.int64)
-    score = np.empty(total, np.float64)
+    score, name_index, neuron = _entry_arrays(total)
+    name_index[:] = np.repeat(np.arange(n_names, dtype=np.int32), block_sizes)
     is_fixed = np.r_[False, by_first < n_fixed, False]
     edges = np.flatnonzero(is_fixed[1:] != is_fixed[:-1]).reshape(-1, 2)
     for lo, hi in edges.tolist():  # runs of consecutive fixed names
         name, count = int(by_first[lo]), hi - lo
         at = slice(int(block_start[lo]), int(block_start[lo]) + count * n_rows)
         score[at] = fixed[name : name + count].ravel()
-        neuron[at].reshape(count, n_rows)[:] = np.arange(n_rows)
+        neuron[at].reshape(count, n_rows)[:] = np.arange(n_rows, dtype=np.int32)
     rank = np.arange(f_index.size) - np.searchsorted(f_index, f_index)
     at = start[f_index] + rank
     neuron[at] = found.neuron[by_name]
@@ -1861,6 +2177,19 @@ def _assemble(
         neuron=neuron,
         score=score,
         notes=notes,
+    )
+
+
+def _entry_arrays(total: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Uninitialised float64 score, int32 name index and int32 neuron arrays of `total`
+    entries, views of one allocation: a run's entries take several MB, and one block of
+    4 MB or more gets huge pages from numpy, where three separate arrays would fault in
+    every 4 kB page anew on each call."""
+    buffer = np.empty(16 * total, np.uint8)
+    return (
+        buffer[: 8 * total].view(np.float64),
+        buffer[8 * total : 12 * total].view(np.int32),
+        buffer[12 * total :].view(np.int32),
     )
 
 
@@ -1881,8 +2210,10 @@ def _zero_cancelled(
     zeroed = np.unique(found.neuron[value_000 & (found.score == 1.0)])
     fixed[np.ix_(layout.zero_cancelled, zeroed)] = 0.0  # one entry per neuron
     patterns = [_pattern_id(name) for name in ZERO_CANCELLED if "pattern" in name]
+    is_zeroed = np.zeros(found.neuron.max(initial=0) + 1, bool)
+    is_zeroed[zeroed] = True
     hits = np.flatnonzero(
-        np.isin(found.name_id, patterns) & np.isin(found.neuron, zeroed)
+        np.isin(found.name_id, patterns, kind="table") & is_zeroed[found.neuron]
     )
     if mode == "parity":  # `list.index`: the neuron's first entry in each list only
         hits = hits[
