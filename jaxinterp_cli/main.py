@@ -261,13 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="L,L,...",
         help="layers recorded (all)",
     )
-    p.add_argument(
-        "--max-op",
-        type=_positive_int,
-        default=None,
-        metavar="N",
-        help="operands are below N (300)",
-    )
+    _max_op_option(p)
     p.add_argument("--batch-size", type=_positive_int, default=None, metavar="N")
     p.add_argument(
         "--mesh",
@@ -313,13 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ops", default=None, help="operators to analyse, e.g. '+-' (all four)"
     )
-    p.add_argument(
-        "--max-op",
-        type=_positive_int,
-        default=None,
-        metavar="N",
-        help="operands are below N (300)",
-    )
+    _max_op_option(p)
     p.add_argument(
         "--full",
         action="store_true",
@@ -470,6 +458,16 @@ def _circuit_parsers(sub, run_options: argparse.ArgumentParser) -> None:
             help=f"replace OUT/{name} when it holds a run of another configuration",
         )
         p.set_defaults(command="circuit", experiment=name)
+
+
+def _max_op_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-op",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="operands are below N (300)",
+    )
 
 
 def _int_list(text: str) -> tuple[int, ...]:
